@@ -1,0 +1,409 @@
+"""Where the experiments' data comes from: source specs, validated then loaded.
+
+A *source spec* is a short string (the CLI's ``--data``):
+
+* ``digits`` — scikit-learn's bundled 8×8 digits (no download), framed like MNIST.
+* ``tfds:<name>`` — a TFDS data set already prepared on disk, read with
+  ``tfds.data_source`` (no TensorFlow needed to read).
+* ``idx:<dir>`` — a directory with the four standard MNIST / Fashion-MNIST IDX files.
+
+:func:`parse_source` checks a spec cheaply, without loading anything;
+:func:`load_source` loads it into an :class:`asgd_jax.data.Dataset` (float32 NHWC
+images in ``[0, 1]``, int32 labels). Nothing is cached on disk. Every failure is
+a :class:`DataSourceError` with a one-line message that says how to fix it.
+
+Example:
+
+>>> from experiments import sources
+>>> sources.parse_source("tfds:mnist")
+('tfds', 'mnist')
+>>> ds = sources.load_source("digits")
+>>> ds.num_train, ds.num_test, ds.image_shape
+(1437, 360, (28, 28, 1))
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import zlib
+
+import numpy as np
+
+from asgd_jax import data as data_lib
+
+__all__ = [
+    "DataSourceError",
+    "SOURCES_HELP",
+    "IDX_FILES",
+    "parse_source",
+    "load_source",
+]
+
+SOURCES_HELP = (
+    "data source: 'digits' = scikit-learn's bundled 8x8 digits, resized to 20x20 and framed in 28x28 "
+    "like MNIST (1437 train / 360 test, stratified, fixed seed; no download); "
+    "'tfds:<name>' = a TFDS data set already prepared on disk (e.g. tfds:mnist, tfds:fashion_mnist; "
+    "splits 'train' and 'test', features 'image' and 'label'; see --data-dir); "
+    "'idx:<dir>' = a directory holding train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+    "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, each optionally .gz "
+    "(e.g. idx:/usr/share/datasets/fashion-mnist from Debian's dataset-fashion-mnist package)"
+)
+
+#: The four files an ``idx:<dir>`` source needs, keyed by role; each may end in ``.gz``.
+IDX_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+
+_VALID_FORMS = "'digits', 'tfds:<name>' (e.g. tfds:mnist) or 'idx:<dir>' (e.g. idx:/usr/share/datasets/fashion-mnist)"
+_IDX_HINT = (
+    "expected the four standard MNIST/Fashion-MNIST IDX files (on Debian: apt-get install "
+    "dataset-fashion-mnist puts them in /usr/share/datasets/fashion-mnist)"
+)
+_DIGITS_TEST_SIZE = 360
+_DIGITS_SEED = 0
+
+
+class DataSourceError(ValueError):
+    """A data source spec is invalid or its data cannot be loaded.
+
+    The message is always a single line (newlines are folded into ``"; "``) and
+    says what to do about it.
+    """
+
+    def __init__(self, message: str):
+        super().__init__(_one_line(message))
+
+
+def _one_line(message: str) -> str:
+    return "; ".join(part.strip() for part in str(message).splitlines() if part.strip())
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    line = text.splitlines()[0].strip() if text else ""
+    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+
+
+def _find_idx_file(directory: str, base: str) -> str | None:
+    for candidate in (base, base + ".gz"):
+        path = os.path.join(directory, candidate)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def parse_source(spec: str) -> tuple[str, str]:
+    """Validates a source spec without loading any data.
+
+    Args:
+      spec: ``"digits"``, ``"tfds:<name>"`` or ``"idx:<dir>"``.
+
+    Returns:
+      ``(kind, argument)``: ``("digits", "")``, ``("tfds", name)`` or
+      ``("idx", directory)`` (``~`` expanded).
+
+    Raises:
+      DataSourceError: the spec is malformed, or for ``idx:`` the directory or
+        one of its four files is missing.
+
+    Example:
+
+    >>> parse_source("digits")
+    ('digits', '')
+    >>> parse_source("tfds:fashion_mnist")
+    ('tfds', 'fashion_mnist')
+    >>> try:
+    ...     parse_source("csv:/tmp/x")
+    ... except DataSourceError as e:
+    ...     print(e)
+    unknown data source 'csv:/tmp/x'; use 'digits', 'tfds:<name>' (e.g. tfds:mnist) or 'idx:<dir>' (e.g. idx:/usr/share/datasets/fashion-mnist)
+    """
+    if not isinstance(spec, str):
+        raise DataSourceError(f"data source must be a string, got {type(spec).__name__}; use {_VALID_FORMS}")
+    if spec == "digits":
+        return ("digits", "")
+    scheme, sep, arg = spec.partition(":")
+    if sep and scheme == "tfds":
+        if not arg.strip():
+            raise DataSourceError(f"'{spec}': empty TFDS name; write e.g. tfds:mnist or tfds:fashion_mnist")
+        if arg != arg.strip():
+            raise DataSourceError(f"'{spec}': TFDS name has surrounding spaces; write e.g. tfds:mnist")
+        return ("tfds", arg)
+    if sep and scheme == "idx":
+        if not arg:
+            raise DataSourceError(f"'{spec}': empty directory; write idx:<dir>, {_IDX_HINT}")
+        directory = os.path.expanduser(arg)
+        if not os.path.exists(directory):
+            raise DataSourceError(f"{spec}: directory {directory} does not exist; {_IDX_HINT}")
+        if not os.path.isdir(directory):
+            raise DataSourceError(f"{spec}: {directory} is not a directory; {_IDX_HINT}")
+        for base in IDX_FILES.values():
+            if _find_idx_file(directory, base) is None:
+                raise DataSourceError(f"{spec}: missing {base}[.gz]; {_IDX_HINT}")
+        return ("idx", directory)
+    raise DataSourceError(f"unknown data source '{spec}'; use {_VALID_FORMS}")
+
+
+def load_source(spec: str, *, data_dir: str | None = None, download: bool = False) -> data_lib.Dataset:
+    """Loads a data source into host memory as a :class:`asgd_jax.data.Dataset`.
+
+    * ``digits``: ``sklearn.datasets.load_digits()``, split with
+      ``train_test_split(test_size=360, random_state=0, stratify=y)`` into 1437
+      train / 360 test images, framed by :func:`asgd_jax.data.digits_to_mnist_frame`
+      to ``(28, 28, 1)``. Name ``"digits"``.
+    * ``idx:<dir>``: the four IDX files (gzip or plain), pixels / 255;
+      ``num_classes`` = largest label + 1. Name ``"idx:<basename of dir>"``.
+    * ``tfds:<name>``: ``tfds.data_source(name, split=..., data_dir=data_dir,
+      download=download)`` for ``"train"`` and ``"test"``, features ``image``
+      and ``label``; ``num_classes`` from the data set's info. Name
+      ``"tfds:<name>"``.
+
+    Args:
+      spec: a source spec, see :data:`SOURCES_HELP`.
+      data_dir: TFDS data directory (``tfds:`` only; default: TFDS's own,
+        ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``).
+      download: ``tfds:`` only: let TFDS download and prepare a missing data
+        set (needs internet and TensorFlow). Off by default.
+
+    Raises:
+      DataSourceError: (one line) bad spec, missing or corrupt files, a TFDS
+        data set that is not prepared, ...
+
+    Example:
+
+    >>> ds = load_source("digits")
+    >>> ds.name, ds.num_classes, ds.x_train.dtype, float(ds.x_train.max()) <= 1.0
+    ('digits', 10, dtype('float32'), True)
+    """
+    kind, arg = parse_source(spec)
+    if kind == "digits":
+        return _load_digits()
+    if kind == "idx":
+        return _load_idx(spec, arg)
+    return _load_tfds(arg, data_dir=data_dir, download=download)
+
+
+# --- digits -------------------------------------------------------------------------------------
+
+
+def _load_digits() -> data_lib.Dataset:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        digits.images,
+        digits.target,
+        test_size=_DIGITS_TEST_SIZE,
+        random_state=_DIGITS_SEED,
+        stratify=digits.target,
+    )
+    return data_lib.make_dataset(
+        data_lib.digits_to_mnist_frame(x_tr),
+        y_tr,
+        data_lib.digits_to_mnist_frame(x_te),
+        y_te,
+        name="digits",
+        num_classes=10,
+        max_value=1.0,
+    )
+
+
+# --- IDX ----------------------------------------------------------------------------------------
+
+
+def _read_idx(path: str) -> np.ndarray:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise DataSourceError(f"{path}: cannot read ({_first_line(e)}); check the file's permissions") from None
+    if path.endswith(".gz") or raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as e:
+            raise DataSourceError(
+                f"{path}: corrupt gzip data ({_first_line(e)}); download the file again"
+            ) from None
+    try:
+        return data_lib.decode_idx(raw, what=path)
+    except ValueError as e:
+        raise DataSourceError(f"{e}; download the file again") from None
+
+
+def _load_idx(spec: str, directory: str) -> data_lib.Dataset:
+    paths = {role: _find_idx_file(directory, base) for role, base in IDX_FILES.items()}
+    arrays = {}
+    for role, path in paths.items():
+        assert path is not None  # parse_source checked
+        a = _read_idx(path)
+        want = 3 if role.endswith("images") else 1
+        if a.ndim != want:
+            layout = "(N, rows, cols)" if want == 3 else "(N,)"
+            raise DataSourceError(
+                f"{path}: expected a {want}-D array {layout}, got shape {a.shape}; is this the right file?"
+            )
+        if role.endswith("labels") and not np.issubdtype(a.dtype, np.integer):
+            raise DataSourceError(f"{path}: labels must be integers, got {a.dtype}; is this the right file?")
+        arrays[role] = a
+    for part in ("train", "test"):
+        n_img, n_lab = len(arrays[f"{part}_images"]), len(arrays[f"{part}_labels"])
+        if n_img != n_lab:
+            raise DataSourceError(
+                f"{paths[f'{part}_labels']}: {n_lab} labels but {paths[f'{part}_images']} has {n_img} images; "
+                "the files do not belong together"
+            )
+    images = (arrays["train_images"], arrays["test_images"])
+    max_value = 255 if all(np.issubdtype(a.dtype, np.integer) for a in images) else 1.0
+    name = "idx:" + (os.path.basename(os.path.normpath(os.path.abspath(directory))) or directory)
+    try:
+        return data_lib.make_dataset(
+            arrays["train_images"],
+            arrays["train_labels"],
+            arrays["test_images"],
+            arrays["test_labels"],
+            name=name,
+            max_value=max_value,
+        )
+    except ValueError as e:
+        raise DataSourceError(f"{spec}: {e}") from None
+
+
+# --- TFDS ---------------------------------------------------------------------------------------
+
+_TFDS_SPLITS = ("train", "test")
+_TFDS_CHUNK = 4096
+
+
+def _tfds_prepare_hint(name: str, data_dir: str | None) -> str:
+    dd = f", data_dir={data_dir!r}" if data_dir else ""
+    return (
+        f'prepare it on a machine with internet and TensorFlow: python -c "import tensorflow_datasets as tfds; '
+        f"tfds.builder('{name}'{dd}, file_format='array_record').download_and_prepare()\" "
+        "(then copy the data directory here), or pass --data idx:<dir> with IDX files"
+    )
+
+
+def _tfds_error(tfds, name: str, data_dir: str | None, split: str, exc: Exception) -> DataSourceError:
+    """Turns whatever tfds raised into one actionable line.
+
+    tfds 4.9.10 does not say "not prepared" clearly: for a missing data set,
+    ``tfds.data_source(..., download=False)`` raises ``KeyError`` ("splits is
+    empty") with the default data dir, ``NotImplementedError`` (no random access
+    for TFRECORD) with an explicit ``data_dir``; other versions raise
+    ``AssertionError`` or ``FileNotFoundError``. So ask the builder directly.
+    """
+    where = data_dir or getattr(getattr(tfds.core, "constants", None), "DATA_DIR", None) or "the TFDS data dir"
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+        prepared = builder.is_prepared()
+    except Exception:  # noqa: BLE001 - diagnosis only; fall back to the original error
+        builder, prepared = None, None
+    if prepared is False:
+        return DataSourceError(f"tfds:{name} is not prepared in {where}; {_tfds_prepare_hint(name, data_dir)}")
+    if prepared and builder is not None:
+        splits = list(builder.info.splits.keys())
+        if split not in splits:
+            return DataSourceError(
+                f"tfds:{name} has no '{split}' split (it has {', '.join(map(repr, splits)) or 'none'}); "
+                "use a data set with 'train' and 'test' splits"
+            )
+    if isinstance(exc, NotImplementedError):
+        return DataSourceError(
+            f"tfds:{name} in {where} is not stored in a random-access format ({_first_line(exc)}); "
+            f"re-prepare it with file_format='array_record': {_tfds_prepare_hint(name, data_dir)}"
+        )
+    return DataSourceError(f"tfds:{name}: cannot open split '{split}' ({_first_line(exc)}); check --data-dir")
+
+
+def _read_records(ds, n: int) -> list:
+    """All records of a tfds data source; batched ``__getitems__`` when it works."""
+    records: list = []
+    getitems = getattr(ds, "__getitems__", None)
+    if getitems is not None:
+        try:
+            for start in range(0, n, _TFDS_CHUNK):
+                records.extend(getitems(list(range(start, min(n, start + _TFDS_CHUNK)))))
+            if len(records) == n:
+                return records
+        except TypeError:  # e.g. tfds.testing.mock_data's __getitems__ in tfds 4.9.10
+            pass
+    return [ds[i] for i in range(n)]
+
+
+def _load_tfds(name: str, *, data_dir: str | None, download: bool) -> data_lib.Dataset:
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError:
+        raise DataSourceError(
+            f"tfds:{name} needs tensorflow-datasets: pip install tensorflow-datasets array-record "
+            "(or use --data digits / --data idx:<dir>)"
+        ) from None
+    if data_dir is not None and not os.path.isdir(os.path.expanduser(data_dir)) and not download:
+        raise DataSourceError(
+            f"tfds:{name}: data dir {data_dir} does not exist; pass the directory holding prepared TFDS data "
+            "(default ~/tensorflow_datasets)"
+        )
+    data_dir = os.path.expanduser(data_dir) if data_dir else None
+    not_found = getattr(tfds.core, "DatasetNotFoundError", ())
+
+    sources = {}
+    for split in _TFDS_SPLITS:
+        try:
+            sources[split] = tfds.data_source(
+                name,
+                split=split,
+                data_dir=data_dir,
+                download=download,
+                builder_kwargs={"file_format": "array_record"},
+            )
+        except not_found:
+            raise DataSourceError(
+                f"tfds:{name}: no such TFDS data set; see https://www.tensorflow.org/datasets/catalog "
+                "(e.g. tfds:mnist, tfds:fashion_mnist)"
+            ) from None
+        except Exception as e:  # noqa: BLE001 - tfds raises many kinds; _tfds_error explains
+            raise _tfds_error(tfds, name, data_dir, split, e) from None
+
+    info = getattr(sources["train"], "dataset_info", None)
+    features = getattr(info, "features", None)
+    if features is not None and hasattr(features, "keys"):
+        keys = list(features.keys())
+        missing = [k for k in ("image", "label") if k not in keys]
+        if missing:
+            raise DataSourceError(
+                f"tfds:{name} has features {keys}, not 'image' and 'label'; use an image classification data set"
+            )
+
+    arrays = {}
+    for split, ds in sources.items():
+        records = _read_records(ds, len(ds))
+        if records and not all(k in records[0] for k in ("image", "label")):
+            raise DataSourceError(
+                f"tfds:{name} records have keys {sorted(records[0])}, not 'image' and 'label'; "
+                "use an image classification data set"
+            )
+        images = np.stack([np.asarray(r["image"]) for r in records]) if records else np.zeros((0, 1, 1, 1), np.uint8)
+        labels = np.asarray([np.asarray(r["label"]).item() for r in records], dtype=np.int64)
+        arrays[split] = (images, labels)
+
+    num_classes = None
+    try:
+        num_classes = int(features["label"].num_classes)
+    except Exception:  # noqa: BLE001 - label feature without num_classes: fall back to the data
+        num_classes = None
+    x_tr, y_tr = arrays["train"]
+    x_te, y_te = arrays["test"]
+    if x_te.shape[0] == 0:
+        x_te = np.zeros((0,) + x_tr.shape[1:], x_tr.dtype)
+    max_value = 255 if np.issubdtype(x_tr.dtype, np.integer) else 1.0
+    try:
+        return data_lib.make_dataset(
+            x_tr, y_tr, x_te, y_te, name=f"tfds:{name}", num_classes=num_classes, max_value=max_value
+        )
+    except ValueError as e:
+        raise DataSourceError(f"tfds:{name}: {e}") from None
