@@ -8,16 +8,35 @@ training run is one jitted program and a sweep is ``jit(vmap(train))``.
 from asgd_jax.delay import DelayedState, delayed
 from asgd_jax.models import LeNet5, MLP, count_params, make_model
 from asgd_jax.train import (
-    OPTIMIZERS, TrainConfig, Trainer, TrainState, default_loop, make_optimizer,
-    make_train, normalize_hparams, run_configs)
+    OPTIMIZERS,
+    TrainConfig,
+    Trainer,
+    TrainState,
+    default_loop,
+    make_optimizer,
+    make_train,
+    normalize_hparams,
+    run_configs,
+)
 from asgd_jax import data
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "DelayedState", "delayed",
-    "LeNet5", "MLP", "count_params", "make_model",
-    "OPTIMIZERS", "TrainConfig", "Trainer", "TrainState", "default_loop",
-    "make_optimizer", "make_train", "normalize_hparams", "run_configs",
+    "DelayedState",
+    "delayed",
+    "LeNet5",
+    "MLP",
+    "count_params",
+    "make_model",
+    "OPTIMIZERS",
+    "TrainConfig",
+    "Trainer",
+    "TrainState",
+    "default_loop",
+    "make_optimizer",
+    "make_train",
+    "normalize_hparams",
+    "run_configs",
     "data",
 ]

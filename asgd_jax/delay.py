@@ -57,7 +57,8 @@ def validate_delay(delay, max_delay: int | None) -> tuple[int, bool]:
     if concrete is None:
         if max_delay is None:
             raise ValueError(
-                    "delayed(): a traced delay needs a static bound; pass max_delay=<largest delay>.")
+                "delayed(): a traced delay needs a static bound; pass max_delay=<largest delay>."
+            )
         return max_delay, False
     if concrete.shape != () or not np.issubdtype(concrete.dtype, np.integer):
         raise ValueError(f"delay must be a scalar integer number of steps, got {delay!r}.")
@@ -72,10 +73,10 @@ def validate_delay(delay, max_delay: int | None) -> tuple[int, bool]:
 
 
 def delayed(
-        inner: optax.GradientTransformation,
-        delay: int | jax.Array,
-        *,
-        max_delay: int | None = None,
+    inner: optax.GradientTransformation,
+    delay: int | jax.Array,
+    *,
+    max_delay: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Applies each gradient ``delay`` steps after it was computed.
 
@@ -138,12 +139,11 @@ def delayed(
     slots = max(max_delay, 1)
 
     def init_fn(params):
-        buffer = jax.tree.map(
-                lambda p: jnp.zeros((slots,) + jnp.shape(p), jnp.result_type(p)), params)
+        buffer = jax.tree.map(lambda p: jnp.zeros((slots,) + jnp.shape(p), jnp.result_type(p)), params)
         d = jnp.clip(jnp.asarray(delay, jnp.int32), 0, max_delay)
         return DelayedState(
-                step=jnp.zeros([], jnp.int32), delay=d, buffer=buffer,
-                inner_state=inner.init(params))
+            step=jnp.zeros([], jnp.int32), delay=d, buffer=buffer, inner_state=inner.init(params)
+        )
 
     def update_fn(updates, state, params=None, **extra_args):
         t, d = state.step, state.delay
@@ -155,22 +155,25 @@ def delayed(
             read = jnp.mod(t - d, slots)
             write = jnp.mod(t, slots)
             from_buffer = jax.tree.map(
-                    lambda b: jax.lax.dynamic_index_in_dim(b, read, keepdims=False), state.buffer)
-            stale = jax.tree.map(
-                    lambda g, b: jnp.where(d == 0, g, b).astype(b.dtype), updates, from_buffer)
+                lambda b: jax.lax.dynamic_index_in_dim(b, read, keepdims=False), state.buffer
+            )
+            stale = jax.tree.map(lambda g, b: jnp.where(d == 0, g, b).astype(b.dtype), updates, from_buffer)
             buffer = jax.tree.map(
-                    lambda b, g: jax.lax.dynamic_update_index_in_dim(b, g.astype(b.dtype), write, 0),
-                    state.buffer, updates)
+                lambda b, g: jax.lax.dynamic_update_index_in_dim(b, g.astype(b.dtype), write, 0),
+                state.buffer,
+                updates,
+            )
         new_updates, new_inner = inner.update(stale, state.inner_state, params, **extra_args)
         if max_delay == 0:
             out_updates, out_inner = new_updates, new_inner
         else:
             ready = t >= d
-            out_updates = jax.tree.map(
-                    lambda u: jnp.where(ready, u, jnp.zeros_like(u)), new_updates)
+            out_updates = jax.tree.map(lambda u: jnp.where(ready, u, jnp.zeros_like(u)), new_updates)
             out_inner = jax.tree.map(
-                    lambda new, old: jnp.where(ready, new, old), new_inner, state.inner_state)
+                lambda new, old: jnp.where(ready, new, old), new_inner, state.inner_state
+            )
         return out_updates, DelayedState(
-                step=optax.safe_increment(t), delay=d, buffer=buffer, inner_state=out_inner)
+            step=optax.safe_increment(t), delay=d, buffer=buffer, inner_state=out_inner
+        )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -32,11 +32,13 @@ class _PatchConv(nn.Module):
     def __call__(self, x):
         kh, kw = self.kernel_size
         c_in = x.shape[-1]
-        kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                                                (kh, kw, c_in, self.features), jnp.float32)
+        kernel = self.param(
+            "kernel", nn.initializers.lecun_normal(), (kh, kw, c_in, self.features), jnp.float32
+        )
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
         patches = jax.lax.conv_general_dilated_patches(
-                x, (kh, kw), (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            x, (kh, kw), (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
         # Patch features are ordered (c_in, kh, kw); bring the kernel into that order.
         k = jnp.transpose(kernel, (2, 0, 1, 3)).reshape(c_in * kh * kw, self.features)
         return patches @ k + bias

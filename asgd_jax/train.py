@@ -28,16 +28,23 @@ from asgd_jax.delay import delayed
 from asgd_jax.models import make_model
 
 __all__ = [
-        "OPTIMIZERS", "TrainConfig", "TrainState", "Trainer", "make_train",
-        "make_optimizer", "normalize_hparams", "run_configs", "default_loop",
+    "OPTIMIZERS",
+    "TrainConfig",
+    "TrainState",
+    "Trainer",
+    "make_train",
+    "make_optimizer",
+    "normalize_hparams",
+    "run_configs",
+    "default_loop",
 ]
 
 # Per optimizer family: the hyperparameters a sweep may vary, with defaults.
 # ``learning_rate`` has no default: every config must give it.
 OPTIMIZERS: dict[str, dict[str, float]] = {
-        "sgd": {"momentum": 0.9},
-        "adam": {"b1": 0.9, "b2": 0.999, "eps": 1e-8},
-        "adagrad": {"initial_accumulator_value": 0.1, "eps": 1e-7},
+    "sgd": {"momentum": 0.9},
+    "adam": {"b1": 0.9, "b2": 0.999, "eps": 1e-8},
+    "adagrad": {"initial_accumulator_value": 0.1, "eps": 1e-7},
 }
 _FACTORIES = {"sgd": optax.sgd, "adam": optax.adam, "adagrad": optax.adagrad}
 
@@ -66,6 +73,7 @@ class TrainConfig:
     def validate(self, num_train: int | None = None) -> None:
         """Raises a one-line ``ValueError`` for a config that cannot run."""
         from asgd_jax.models import MODELS
+
         if self.model not in MODELS:
             raise ValueError(f"unknown model {self.model!r}; choose one of {sorted(MODELS)}.")
         if self.optimizer not in OPTIMIZERS:
@@ -74,12 +82,17 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-        if isinstance(self.max_delay, bool) or not isinstance(self.max_delay, (int, np.integer)) or self.max_delay < 0:
+        if (
+            isinstance(self.max_delay, bool)
+            or not isinstance(self.max_delay, (int, np.integer))
+            or self.max_delay < 0
+        ):
             raise ValueError(f"max_delay must be a non-negative integer, got {self.max_delay!r}.")
         if num_train is not None and self.batch_size > num_train:
             raise ValueError(
-                    f"batch_size={self.batch_size} is larger than the training set ({num_train} samples); "
-                    f"use a batch size of at most {num_train}.")
+                f"batch_size={self.batch_size} is larger than the training set ({num_train} samples); "
+                f"use a batch size of at most {num_train}."
+            )
 
 
 class TrainState(NamedTuple):
@@ -87,15 +100,18 @@ class TrainState(NamedTuple):
 
     params: Any
     opt_state: Any
-    data_key: jax.Array   # PRNG key of the run's data order
-    order: jax.Array      # int32[steps_per_epoch * batch_size]: this epoch's sample order
-    step: jax.Array       # int32: step within the epoch
-    epoch: jax.Array      # int32: epochs completed
-    loss_sum: jax.Array   # float32: sum of this epoch's training losses
-    diverged: jax.Array   # bool: a non-finite loss or parameter was seen
+    data_key: jax.Array  # PRNG key of the run's data order
+    order: jax.Array  # int32[steps_per_epoch * batch_size]: this epoch's sample order
+    step: jax.Array  # int32: step within the epoch
+    epoch: jax.Array  # int32: epochs completed
+    loss_sum: jax.Array  # float32: sum of this epoch's training losses
+    nonfinite: jax.Array  # bool: a non-finite loss or parameter was seen
+    diverged: jax.Array  # bool: nonfinite, or the model collapsed at an epoch end
 
 
-def normalize_hparams(optimizer: str, hparams: Mapping[str, Any], max_delay: int | None = None) -> dict[str, float]:
+def normalize_hparams(
+    optimizer: str, hparams: Mapping[str, Any], max_delay: int | None = None
+) -> dict[str, float]:
     """Checks a config's hyperparameters and fills the optimizer's defaults.
 
     Returns a dict with ``learning_rate``, ``delay`` and the optimizer's own
@@ -108,8 +124,10 @@ def normalize_hparams(optimizer: str, hparams: Mapping[str, Any], max_delay: int
     allowed = {"learning_rate", "delay", *OPTIMIZERS[optimizer]}
     unknown = set(hparams) - allowed
     if unknown:
-        raise ValueError(f"unknown hyperparameter(s) {sorted(unknown)} for optimizer {optimizer!r}; "
-                                          f"allowed: {sorted(allowed)}.")
+        raise ValueError(
+            f"unknown hyperparameter(s) {sorted(unknown)} for optimizer {optimizer!r}; "
+            f"allowed: {sorted(allowed)}."
+        )
     if "learning_rate" not in hparams:
         raise ValueError("every config needs a learning_rate.")
     out = {**OPTIMIZERS[optimizer], "delay": 0, **hparams}
@@ -125,7 +143,9 @@ def normalize_hparams(optimizer: str, hparams: Mapping[str, Any], max_delay: int
     return out
 
 
-def make_optimizer(optimizer: str, hparams: Mapping[str, Any], max_delay: int) -> optax.GradientTransformation:
+def make_optimizer(
+    optimizer: str, hparams: Mapping[str, Any], max_delay: int
+) -> optax.GradientTransformation:
     """The server optimizer of a config: ``delayed(inject_hyperparams(family)(...))``.
 
     Every numeric hyperparameter lives in the optimizer state (via
@@ -158,12 +178,16 @@ class Trainer:
         self.steps_per_epoch = self.num_train // config.batch_size
         self.model = make_model(config.model, int(dataset.num_classes))
         self.input_shape = tuple(int(s) for s in dataset.x_train.shape[1:])
-        self.data = tuple(jnp.asarray(a) for a in (dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test))
+        self.data = tuple(
+            jnp.asarray(a) for a in (dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test)
+        )
         # Evaluation reads the test set in equal chunks; padding is masked out.
         self.eval_chunk = min(config.eval_batch_size, self.num_test)
         self.eval_chunks = -(-self.num_test // self.eval_chunk)
+        self._vmapped = None
         self._update_tx = make_optimizer(
-                config.optimizer, normalize_hparams(config.optimizer, {"learning_rate": 1.0}), config.max_delay)
+            config.optimizer, normalize_hparams(config.optimizer, {"learning_rate": 1.0}), config.max_delay
+        )
 
     # -- pieces -----------------------------------------------------------------
     def _order(self, data_key, epoch):
@@ -175,13 +199,26 @@ class Trainer:
         del data
         init_key, data_key = jax.random.split(key)
         params = self.model.init(init_key, jnp.zeros((1,) + self.input_shape, jnp.float32))["params"]
-        hp = {k: jnp.asarray(v, jnp.int32 if k == "delay" else jnp.float32) for k, v in hparams.items()}
+        unknown = set(hparams) - {"learning_rate", "delay", *OPTIMIZERS[self.config.optimizer]}
+        if unknown or "learning_rate" not in hparams:
+            raise ValueError(
+                f"hparams need learning_rate and may hold delay and {sorted(OPTIMIZERS[self.config.optimizer])}; "
+                f"got {sorted(hparams)}."
+            )
+        hp = {**OPTIMIZERS[self.config.optimizer], "delay": 0, **hparams}  # the family's defaults
+        hp = {k: jnp.asarray(v, jnp.int32 if k == "delay" else jnp.float32) for k, v in hp.items()}
         tx = make_optimizer(self.config.optimizer, hp, self.config.max_delay)
         return TrainState(
-                params=params, opt_state=tx.init(params), data_key=data_key,
-                order=self._order(data_key, 0), step=jnp.zeros([], jnp.int32),
-                epoch=jnp.zeros([], jnp.int32), loss_sum=jnp.zeros([], jnp.float32),
-                diverged=jnp.zeros([], bool))
+            params=params,
+            opt_state=tx.init(params),
+            data_key=data_key,
+            order=self._order(data_key, 0),
+            step=jnp.zeros([], jnp.int32),
+            epoch=jnp.zeros([], jnp.int32),
+            loss_sum=jnp.zeros([], jnp.float32),
+            nonfinite=jnp.zeros([], bool),
+            diverged=jnp.zeros([], bool),
+        )
 
     def loss(self, params, x, y):
         return _cross_entropy(self.model.apply({"params": params}, x), y)
@@ -195,48 +232,87 @@ class Trainer:
         updates, opt_state = self._update_tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         return state._replace(
-                params=params, opt_state=opt_state, step=state.step + 1,
-                loss_sum=state.loss_sum + loss,
-                diverged=state.diverged | ~jnp.isfinite(loss))
+            params=params,
+            opt_state=opt_state,
+            step=state.step + 1,
+            loss_sum=state.loss_sum + loss,
+            nonfinite=state.nonfinite | ~jnp.isfinite(loss),
+        )
 
-    def evaluate(self, data, params) -> tuple[jax.Array, jax.Array]:
-        """Test accuracy and mean cross-entropy over the whole test set."""
+    def evaluate(self, data, params) -> dict[str, jax.Array]:
+        """Test accuracy, mean cross-entropy and collapse over the whole test set.
+
+        ``collapsed`` is true when the network computes a constant function on
+        the test set: every image gets the same logits, up to
+        ``1e-6 * (1 + max |logit|)``. That is where a run whose learning rate
+        is past the stability cliff usually ends (all ReLUs dead after a blown-up
+        step), with a finite loss and one class's share as its accuracy.
+        """
         x_test, y_test = data[2], data[3]
         n, c = self.num_test, self.eval_chunk
         pad = self.eval_chunks * c - n
-        xs = jnp.pad(x_test, ((0, pad),) + ((0, 0),) * (x_test.ndim - 1)).reshape((self.eval_chunks, c) + x_test.shape[1:])
+        xs = jnp.pad(x_test, ((0, pad),) + ((0, 0),) * (x_test.ndim - 1)).reshape(
+            (self.eval_chunks, c) + x_test.shape[1:]
+        )
         ys = jnp.pad(y_test, (0, pad)).reshape(self.eval_chunks, c)
         mask = (jnp.arange(self.eval_chunks * c) < n).reshape(self.eval_chunks, c)
+        reference = self.model.apply({"params": params}, x_test[:1])[0]
 
         def chunk(_, xym):
             x, y, m = xym
             logits = self.model.apply({"params": params}, x)
             losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
             correct = jnp.argmax(logits, -1) == y
-            return None, (jnp.sum(jnp.where(m, correct, False)), jnp.sum(jnp.where(m, losses, 0.0)))
+            spread = jnp.where(m[:, None], jnp.abs(logits - reference), 0.0).max()
+            size = jnp.where(m[:, None], jnp.abs(logits), 0.0).max()
+            return None, (
+                jnp.sum(jnp.where(m, correct, False)),
+                jnp.sum(jnp.where(m, losses, 0.0)),
+                spread,
+                size,
+            )
 
-        _, (correct, losses) = jax.lax.scan(chunk, None, (xs, ys, mask))
-        return correct.sum() / n, losses.sum() / n
+        _, (correct, losses, spread, size) = jax.lax.scan(chunk, None, (xs, ys, mask))
+        return {
+            "test_accuracy": correct.sum() / n,
+            "test_loss": losses.sum() / n,
+            "collapsed": spread.max() <= 1e-6 * (1.0 + size.max()),
+        }
 
     def end_epoch(self, data, state: TrainState) -> tuple[TrainState, dict[str, jax.Array]]:
-        """Evaluates, records the epoch's metrics and draws the next epoch's order."""
-        acc, test_loss = self.evaluate(data, state.params)
+        """Evaluates, records the epoch's metrics and draws the next epoch's order.
+
+        Metrics: ``test_accuracy``, ``test_loss``, ``train_loss`` (mean over the
+        epoch's steps), ``nonfinite`` (a NaN/inf loss or parameter has been seen
+        so far), ``collapsed`` (see :meth:`evaluate`) and ``diverged``: either
+        of the two at this epoch or before.
+        """
+        ev = self.evaluate(data, state.params)
         finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(state.params)]))
-        diverged = state.diverged | ~finite | ~jnp.isfinite(test_loss)
+        nonfinite = state.nonfinite | ~finite | ~jnp.isfinite(ev["test_loss"])
+        diverged = state.diverged | nonfinite | ev["collapsed"]
         metrics = {
-                "test_accuracy": acc, "test_loss": test_loss,
-                "train_loss": state.loss_sum / self.steps_per_epoch, "diverged": diverged,
+            **ev,
+            "train_loss": state.loss_sum / self.steps_per_epoch,
+            "nonfinite": nonfinite,
+            "diverged": diverged,
         }
         epoch = state.epoch + 1
         new = state._replace(
-                order=self._order(state.data_key, epoch), step=jnp.zeros([], jnp.int32), epoch=epoch,
-                loss_sum=jnp.zeros([], jnp.float32), diverged=diverged)
+            order=self._order(state.data_key, epoch),
+            step=jnp.zeros([], jnp.int32),
+            epoch=epoch,
+            loss_sum=jnp.zeros([], jnp.float32),
+            nonfinite=nonfinite,
+            diverged=diverged,
+        )
         return new, metrics
 
     def epoch(self, data, state: TrainState) -> tuple[TrainState, dict[str, jax.Array]]:
         """One epoch as a ``lax.scan`` over steps, then :meth:`end_epoch`."""
-        state, _ = jax.lax.scan(lambda s, _: (self.step(data, s), None), state, None,
-                                                        length=self.steps_per_epoch)
+        state, _ = jax.lax.scan(
+            lambda s, _: (self.step(data, s), None), state, None, length=self.steps_per_epoch
+        )
         return self.end_epoch(data, state)
 
     def train_with_data(self, data, key, hparams) -> dict[str, jax.Array]:
@@ -249,15 +325,34 @@ class Trainer:
         """``train(key, hparams)``: the pure function PureJaxRL's pattern asks for."""
         return self.train_with_data(self.data, key, hparams)
 
+    def vmapped(self) -> dict[str, Callable]:
+        """``jit(vmap(...))`` of ``init``, ``step``, ``end_epoch`` and ``epoch`` over a leading config axis.
 
-def make_train(config: TrainConfig, dataset) -> Callable[[jax.Array, Mapping[str, Any]], dict[str, jax.Array]]:
+        Built once per trainer and reused, so every chunk of configs of a group
+        runs the same compiled programs (a new chunk size compiles once more).
+        The state argument is donated.
+        """
+        if self._vmapped is None:
+            self._vmapped = {
+                "init": jax.jit(jax.vmap(self.init, in_axes=(None, 0, 0))),
+                "step": jax.jit(jax.vmap(self.step, in_axes=(None, 0)), donate_argnums=1),
+                "end_epoch": jax.jit(jax.vmap(self.end_epoch, in_axes=(None, 0)), donate_argnums=1),
+                "epoch": jax.jit(jax.vmap(self.epoch, in_axes=(None, 0)), donate_argnums=1),
+            }
+        return self._vmapped
+
+
+def make_train(
+    config: TrainConfig, dataset
+) -> Callable[[jax.Array, Mapping[str, Any]], dict[str, jax.Array]]:
     """Returns a pure ``train(key, hparams) -> metrics`` for one static config.
 
-    ``hparams`` holds ``learning_rate``, optionally ``delay`` (``<= max_delay``)
-    and the optimizer family's own keys (:data:`OPTIMIZERS`, e.g. ``momentum``
-    for SGD). ``key`` fixes the initial parameters and the data order. Metrics
-    (``test_accuracy``, ``test_loss``, ``train_loss``, ``diverged``) have a
-    leading axis of length ``config.epochs``. The returned function is pure:
+    ``hparams`` holds ``learning_rate``, optionally ``delay`` (``<= max_delay``,
+    default 0) and the optimizer family's own keys, defaulting to
+    :data:`OPTIMIZERS` (e.g. ``momentum=0.9`` for SGD). ``key`` fixes the initial parameters and the data order. Metrics
+    (``test_accuracy``, ``test_loss``, ``train_loss``, ``nonfinite``,
+    ``collapsed``, ``diverged``; see :meth:`Trainer.end_epoch`) have a leading
+    axis of length ``config.epochs``. The returned function is pure:
     jit it, vmap it over keys and hparams, or both. The :class:`Trainer` is at
     ``train.trainer``.
 
@@ -290,12 +385,12 @@ def default_loop() -> str:
 
 
 def run_configs(
-        trainer: Trainer,
-        keys: jax.Array,
-        hparams: Mapping[str, jax.Array],
-        *,
-        loop: str = "auto",
-        on_epoch: Callable[[int, dict[str, np.ndarray]], None] | None = None,
+    trainer: Trainer,
+    keys: jax.Array,
+    hparams: Mapping[str, jax.Array],
+    *,
+    loop: str = "auto",
+    on_epoch: Callable[[int, dict[str, np.ndarray]], None] | None = None,
 ) -> dict[str, np.ndarray]:
     """Trains a group of configs at once (vmapped) and returns their metrics.
 
@@ -316,21 +411,16 @@ def run_configs(
     if loop not in ("scan", "step"):
         raise ValueError(f"unknown loop {loop!r}; choose 'scan', 'step' or 'auto'.")
     data = trainer.data
-    init = jax.jit(jax.vmap(trainer.init, in_axes=(None, 0, 0)))
-    state = init(data, keys, dict(hparams))
-    end = jax.jit(jax.vmap(trainer.end_epoch, in_axes=(None, 0)), donate_argnums=1)
-    if loop == "scan":
-        epoch = jax.jit(jax.vmap(trainer.epoch, in_axes=(None, 0)), donate_argnums=1)
-    else:
-        step = jax.jit(jax.vmap(trainer.step, in_axes=(None, 0)), donate_argnums=1)
+    fns = trainer.vmapped()
+    state = fns["init"](data, keys, dict(hparams))
     history = []
     for e in range(trainer.config.epochs):
         if loop == "scan":
-            state, metrics = epoch(data, state)
+            state, metrics = fns["epoch"](data, state)
         else:
             for _ in range(trainer.steps_per_epoch):
-                state = step(data, state)
-            state, metrics = end(data, state)
+                state = fns["step"](data, state)
+            state, metrics = fns["end_epoch"](data, state)
         metrics = jax.tree.map(np.asarray, metrics)
         history.append(metrics)
         if on_epoch is not None:

@@ -1,0 +1,134 @@
+"""What every study shares: argument checks, the results file, progress bars."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from typing import Any, Iterable, Mapping
+
+from asgd_jax.sweep import config_id
+
+
+class UsageError(Exception):
+    """Bad input from the command line: printed as one line, exit status 2."""
+
+
+def parse_list(text: str, kind=float, name: str = "value") -> list:
+    """``"1e-3,1e-2"`` → ``[0.001, 0.01]``; one-line :class:`UsageError` otherwise."""
+    items = [t.strip() for t in str(text).split(",") if t.strip()]
+    if not items:
+        raise UsageError(f"--{name} needs at least one value, e.g. --{name} 1,2.")
+    out = []
+    for t in items:
+        try:
+            if kind is int:
+                v = float(t)
+                if v != int(v):
+                    raise ValueError
+                out.append(int(v))
+            else:
+                out.append(kind(t))
+        except ValueError:
+            raise UsageError(
+                f"--{name}: {t!r} is not a{'n integer' if kind is int else ' number'}."
+            ) from None
+    return out
+
+
+def jsonable(x: Any) -> Any:
+    """Non-finite floats become ``None`` (strict JSON has no NaN); NumPy scalars become Python."""
+    if isinstance(x, Mapping):
+        return {k: jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if hasattr(x, "item") and not isinstance(x, (str, bytes)):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+class ResultsFile:
+    """An append-only ``results.jsonl``: one JSON object per finished config.
+
+    Records already in the file are read at start-up, so a rerun of the same
+    command skips the configs it has (keyed by ``config_id``) and never
+    rewrites what is there. Lines are appended and fsync'ed per finished chunk;
+    a line cut short by a killed run is skipped when reading, with a warning.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self.records: dict[str, dict] = {}
+        self.skipped_lines = 0
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    line = line.strip()
+                    if not line:
+                        continue
+                    try:
+                        rec = json.loads(line)
+                        self.records[rec["config_id"]] = rec
+                    except (json.JSONDecodeError, KeyError, TypeError):
+                        self.skipped_lines += 1
+
+    def has(self, config: Mapping[str, Any]) -> bool:
+        return config_id(config) in self.records
+
+    def append(self, results: Iterable[Mapping[str, Any]]) -> None:
+        lines = []
+        for r in results:
+            rec = jsonable(dict(r))
+            self.records[rec["config_id"]] = rec
+            lines.append(json.dumps(rec, sort_keys=False))
+        if not lines:
+            return
+        needs_newline = (
+            os.path.exists(self.path) and os.path.getsize(self.path) > 0 and not _ends_with_newline(self.path)
+        )
+        with open(self.path, "a", encoding="utf-8") as f:
+            if needs_newline:
+                f.write("\n")
+            f.write("\n".join(lines) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def select(self, configs: Iterable[Mapping[str, Any]]) -> list[dict]:
+        """The stored records of ``configs``, in their order (missing ones left out)."""
+        out = []
+        for c in configs:
+            rec = self.records.get(config_id(c))
+            if rec is not None:
+                out.append(rec)
+        return out
+
+
+def _ends_with_newline(path: str) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
+def prepare_out_dir(path: str) -> str:
+    """Creates the output directory (and parents); one-line error if it cannot."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"--out {path!r} is a file; give a directory.")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise UsageError(
+            f"cannot create --out {path!r}: {e.strerror}; choose a writable directory."
+        ) from None
+    return path
+
+
+def progress(**kwargs):
+    """A tqdm bar on stderr (plain text when stderr is not a terminal)."""
+    from tqdm.auto import tqdm
+
+    kwargs.setdefault("file", sys.stderr)
+    kwargs.setdefault("dynamic_ncols", True)
+    return tqdm(**kwargs)

@@ -1,0 +1,235 @@
+"""Jain et al. (2018), Figure 2: test accuracy over learning rate × batch size × delay.
+
+LeNet-5, SGD with momentum 0.9, each gradient applied ``delay`` steps late
+(``asgd_jax.delayed``). Writes ``results.jsonl`` (one line per config) and
+``heatmap.png`` (one panel per delay; rows = learning rate, columns = batch
+size) to ``--out``. Rerunning the same command skips finished configs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+
+from experiments import common, plots, sources
+
+NAME = "delay_sweep"
+HELP = "Jain et al. Fig. 2: accuracy heatmaps over learning rate x batch size x delay (LeNet-5, SGD+momentum)"
+
+
+def _half_decades(lo: float, hi: float) -> list[float]:
+    """10^lo, 10^(lo+0.5), ..., 10^hi."""
+    n = int(round((hi - lo) * 2)) + 1
+    return [float(10.0 ** (lo + 0.5 * i)) for i in range(n)]
+
+
+PRESETS = {
+    # A few minutes on a 2-core laptop CPU; the largest learning rate diverges.
+    "quick": dict(
+        data="digits",
+        model="lenet5",
+        optimizer="sgd",
+        momentum=0.9,
+        learning_rates=_half_decades(-2.5, 0.0),
+        batch_sizes=[64, 256],
+        delays=[0, 2, 8],
+        seeds=[0],
+        epochs=10,
+    ),
+    # The exact protocol of shared/PAPERS.md §1 (for a GPU/TPU): 300 configs, 30 epochs.
+    "paper": dict(
+        data="tfds:mnist",
+        model="lenet5",
+        optimizer="sgd",
+        momentum=0.9,
+        learning_rates=_half_decades(-5.0, -0.5),
+        batch_sizes=[64, 128, 256, 512, 1024],
+        delays=[0, 1, 2, 4, 6, 8],
+        seeds=[0],
+        epochs=30,
+    ),
+    # A smoke test: seconds.
+    "tiny": dict(
+        data="digits",
+        model="lenet5",
+        optimizer="sgd",
+        momentum=0.9,
+        learning_rates=[0.01, 10.0],
+        batch_sizes=[128],
+        delays=[0, 1],
+        seeds=[0],
+        epochs=1,
+    ),
+}
+
+
+def add_arguments(p) -> None:
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="quick",
+        help="grid and data to start from (default: quick); the options below override it",
+    )
+    p.add_argument("--data", help=sources.SOURCES_HELP)
+    p.add_argument("--data-dir", help="TFDS data directory (tfds: sources only)")
+    p.add_argument("--out", help="output directory (default: runs/delay_sweep-<preset>)")
+    p.add_argument("--learning-rates", help="comma-separated, e.g. 1e-3,1e-2")
+    p.add_argument("--batch-sizes", help="comma-separated, e.g. 64,128")
+    p.add_argument("--delays", help="comma-separated delays in steps, e.g. 0,2,8")
+    p.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--optimizer", choices=["sgd", "adam", "adagrad"])
+    p.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
+    p.add_argument("--model", choices=["lenet5", "mlp"])
+    p.add_argument(
+        "--loop",
+        choices=["auto", "step", "scan"],
+        default="auto",
+        help="step: jitted steps driven from Python (fast on CPU); scan: one program per epoch",
+    )
+    p.add_argument(
+        "--chunk-size",
+        type=int,
+        help="configs vmapped per call (default: 1 on CPU, the whole group on GPU/TPU; 0 = whole group)",
+    )
+
+
+def settings_from_args(args) -> dict:
+    """The preset with the command line's overrides applied and checked."""
+    s = dict(PRESETS[args.preset])
+    if args.data is not None:
+        s["data"] = args.data
+    for flag, key, kind in (
+        ("learning_rates", "learning_rates", float),
+        ("batch_sizes", "batch_sizes", int),
+        ("delays", "delays", int),
+        ("seeds", "seeds", int),
+    ):
+        value = getattr(args, flag)
+        if value is not None:
+            s[key] = common.parse_list(value, kind, flag.replace("_", "-"))
+    for key in ("epochs", "optimizer", "momentum", "model"):
+        if getattr(args, key) is not None:
+            s[key] = getattr(args, key)
+    if s["optimizer"] != "sgd" and args.momentum is not None:
+        raise common.UsageError(
+            f"--momentum applies to --optimizer sgd only (got --optimizer {s['optimizer']})."
+        )
+    if args.chunk_size is not None and args.chunk_size < 0:
+        raise common.UsageError(f"--chunk-size must be >= 0, got {args.chunk_size}.")
+    return s
+
+
+def make_configs(s: dict, num_train: int | None = None) -> list[dict]:
+    """The study's grid as normalized configs (one-line UsageError on bad values)."""
+    from asgd_jax.sweep import expand_grid, normalize_config
+
+    grid = {
+        "data": s["data"],
+        "model": s["model"],
+        "optimizer": s["optimizer"],
+        "epochs": s["epochs"],
+        "batch_size": s["batch_sizes"],
+        "learning_rate": s["learning_rates"],
+        "delay": s["delays"],
+        "seed": s["seeds"],
+    }
+    if s["optimizer"] == "sgd":
+        grid["momentum"] = s["momentum"]
+    try:
+        return [normalize_config(c, num_train) for c in expand_grid(grid)]
+    except ValueError as e:
+        raise common.UsageError(str(e)) from None
+
+
+def run(args) -> int:
+    s = settings_from_args(args)
+    try:
+        sources.parse_source(s["data"])
+    except sources.DataSourceError as e:
+        raise common.UsageError(str(e)) from None
+    make_configs(s)  # every config checked before any data is read
+    out = common.prepare_out_dir(args.out or os.path.join("runs", f"{NAME}-{args.preset}"))
+    try:
+        dataset = sources.load_source(s["data"], data_dir=args.data_dir)
+    except sources.DataSourceError as e:
+        raise common.UsageError(str(e)) from None
+    configs = make_configs(s, dataset.num_train)  # now also checks batch size <= training set
+    return run_configs_to(out, configs, dataset, s, loop=args.loop, chunk_size=args.chunk_size)
+
+
+def run_configs_to(
+    out: str, configs: list[dict], dataset, settings: dict, *, loop="auto", chunk_size=None
+) -> int:
+    from asgd_jax.sweep import group_configs, run_group
+
+    results = common.ResultsFile(os.path.join(out, "results.jsonl"))
+    if results.skipped_lines:
+        print(
+            f"warning: skipped {results.skipped_lines} unreadable line(s) of {results.path} (a killed run?)"
+        )
+    todo = [c for c in configs if not results.has(c)]
+    groups = group_configs(todo)
+    with open(os.path.join(out, "study.json"), "w", encoding="utf-8") as f:
+        json.dump({"study": NAME, "settings": settings, "num_configs": len(configs)}, f, indent=2)
+    print(
+        f"{NAME}: {len(configs)} configs on {dataset.name} ({dataset.num_train} train / {dataset.num_test} test), "
+        f"{len(configs) - len(todo)} already in {results.path}; {len(groups)} group(s) to run"
+    )
+    t0 = time.perf_counter()
+    with common.progress(total=len(todo), desc="configs", unit="cfg", position=0) as bar:
+        for g in groups:
+            tc = g.train_config
+            bar.set_postfix_str(f"group bs={tc.batch_size} max_delay={tc.max_delay} ({len(g.configs)} cfgs)")
+            epochs = common.progress(total=tc.epochs, desc="  epochs", unit="ep", position=1, leave=False)
+
+            def on_epoch(ci, e, metrics, epochs=epochs):
+                if e == 0:
+                    epochs.reset()
+                epochs.update(1)
+                epochs.set_postfix_str(f"acc={np.nanmax(metrics['test_accuracy']):.3f}")
+
+            def on_chunk(chunk_results):
+                results.append(chunk_results)
+                bar.update(len(chunk_results))
+
+            run_group(g, dataset, loop=loop, chunk_size=chunk_size, on_epoch=on_epoch, on_chunk=on_chunk)
+            epochs.close()
+    wall = time.perf_counter() - t0
+    records = results.select(configs)
+    plots.delay_heatmaps(
+        records,
+        os.path.join(out, "heatmap.png"),
+        title=f"{settings['model']} on {settings['data']}, {settings['optimizer']}, "
+        f"{settings['epochs']} epochs: final test accuracy",
+    )
+    print(summary_table(records))
+    print(
+        f"ran {len(todo)} configs in {wall:.1f} s; wrote {results.path} and {os.path.join(out, 'heatmap.png')}"
+    )
+    return 0
+
+
+def summary_table(records) -> str:
+    """Per delay: test accuracy, rows = learning rate, columns = batch size († = diverged)."""
+    delays = sorted({r["delay"] for r in records})
+    lrs = sorted({r["learning_rate"] for r in records})
+    bss = sorted({r["batch_size"] for r in records})
+    lines = []
+    for d in delays:
+        acc, div, cnt = plots.accuracy_grid(records, d, lrs, bss)
+        lines.append(f"delay {d}: final test accuracy (rows: learning rate, columns: batch size)")
+        lines.append("  " + "lr".ljust(10) + "".join(f"{b:>9}" for b in bss))
+        for i, lr in enumerate(lrs):
+            cells = []
+            for j in range(len(bss)):
+                if cnt[i, j] == 0:
+                    cells.append(f"{'':>9}")
+                else:
+                    v = "nan" if np.isnan(acc[i, j]) else f"{acc[i, j]:.3f}"
+                    cells.append(f"{v + ('†' if div[i, j] else ' '):>9}")
+            lines.append("  " + f"{lr:<10.3g}" + "".join(cells))
+    return "\n".join(lines)

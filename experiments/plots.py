@@ -1,0 +1,113 @@
+"""Plots of the studies (matplotlib, Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Mapping, Sequence
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def lr_label(lr: float) -> str:
+    """``0.0031622`` → ``'10^-2.5'`` when lr is a half-decade power of ten, else ``'3.16e-03'``."""
+    e = math.log10(lr)
+    if abs(e * 2 - round(e * 2)) < 1e-6:
+        return f"1e{e:g}" if float(e).is_integer() else f"10^{e:g}"
+    return f"{lr:.3g}"
+
+
+def accuracy_grid(records: Sequence[Mapping], delay: int, lrs: Sequence[float], batch_sizes: Sequence[int]):
+    """Mean final test accuracy over seeds, rows = learning rate, columns = batch size.
+
+    Returns ``(acc, diverged_fraction, count)`` arrays of shape (len(lrs), len(batch_sizes)); a
+    diverged run counts with the accuracy it reached (chance level, as in the paper).
+    """
+    cells = defaultdict(list)
+    for r in records:
+        if r["delay"] == delay:
+            cells[(r["learning_rate"], r["batch_size"])].append(r)
+    acc = np.full((len(lrs), len(batch_sizes)), np.nan)
+    div = np.zeros_like(acc)
+    cnt = np.zeros_like(acc, dtype=int)
+    for i, lr in enumerate(lrs):
+        for j, bs in enumerate(batch_sizes):
+            rs = cells.get((lr, bs), [])
+            if rs:
+                vals = [r["test_accuracy"] if r["test_accuracy"] is not None else np.nan for r in rs]
+                acc[i, j] = np.nanmean(vals) if not all(np.isnan(vals)) else np.nan
+                div[i, j] = np.mean([bool(r["diverged"]) for r in rs])
+                cnt[i, j] = len(rs)
+    return acc, div, cnt
+
+
+def delay_heatmaps(records: Sequence[Mapping], path: str, title: str = "") -> None:
+    """Jain et al. Figure 2: one panel per delay, rows = learning rate, columns = batch size.
+
+    Each cell shows the final test accuracy (mean over seeds); cells whose runs
+    diverged (NaN/inf) are hatched and marked with a dagger.
+    """
+    plt = _pyplot()
+    delays = sorted({r["delay"] for r in records})
+    lrs = sorted({r["learning_rate"] for r in records})
+    bss = sorted({r["batch_size"] for r in records})
+    n = len(delays)
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(
+        rows,
+        cols,
+        figsize=(1.2 + 1.15 * len(bss) * cols + 1.0, 0.8 + 0.42 * len(lrs) * rows + 0.6),
+        squeeze=False,
+        constrained_layout=True,
+    )
+    im = None
+    for k, d in enumerate(delays):
+        ax = axes[k // cols][k % cols]
+        acc, div, cnt = accuracy_grid(records, d, lrs, bss)
+        im = ax.imshow(acc, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+        for i in range(len(lrs)):
+            for j in range(len(bss)):
+                if cnt[i, j] == 0:
+                    continue
+                v = acc[i, j]
+                text = "nan" if np.isnan(v) else f"{v:.2f}"
+                if div[i, j] > 0:
+                    text += "†"
+                    ax.add_patch(
+                        plt.Rectangle(
+                            (j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="white", linewidth=0
+                        )
+                    )
+                ax.text(
+                    j,
+                    i,
+                    text,
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="black" if (not np.isnan(v) and v > 0.6) else "white",
+                )
+        ax.set_title(f"delay {d}")
+        ax.set_xticks(range(len(bss)), [str(b) for b in bss])
+        ax.set_yticks(range(len(lrs)), [lr_label(lr) for lr in lrs])
+        ax.set_xlabel("batch size")
+        if k % cols == 0:
+            ax.set_ylabel("learning rate")
+    for k in range(n, rows * cols):
+        axes[k // cols][k % cols].axis("off")
+    if im is not None:
+        fig.colorbar(im, ax=axes, shrink=0.8, label="test accuracy († diverged)")
+    if title:
+        fig.suptitle(title)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,123 @@
+"""`python -m experiments`: help, bad input (one-line errors before anything compiles), the study end to end."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from experiments.__main__ import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_cli(*argv):
+    return subprocess.run(
+        [sys.executable, "-m", "experiments", *argv], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_help_lists_studies():
+    proc = run_cli("--help")
+    assert proc.returncode == 0
+    assert "delay_sweep" in proc.stdout
+
+
+def test_unknown_study_is_one_clear_line():
+    proc = run_cli("no_such_study")
+    assert proc.returncode == 2
+    assert "invalid choice: 'no_such_study'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_unknown_option():
+    proc = run_cli("delay_sweep", "--no-such-option", "1")
+    assert proc.returncode == 2
+    assert "unrecognized arguments: --no-such-option" in proc.stderr
+
+
+def _error_line(capsys, argv):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err  # one line
+    assert "error:" in err
+    return err
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--data", "nonsense"], "unknown data source"),
+        (["--data", "idx:/definitely/not/here"], "does not exist"),
+        (["--delays", "0,-1"], "delay must be a non-negative"),
+        (["--learning-rates", "0.1,0"], "learning_rate must be a positive"),
+        (["--learning-rates", "abc"], "is not a number"),
+        (["--batch-sizes", "0"], "batch_size must be a positive"),
+        (["--batch-sizes", "5000"], "larger than the training set"),
+        (["--epochs", "0"], "epochs must be a positive"),
+        (["--optimizer", "adam", "--momentum", "0.5"], "--momentum applies to --optimizer sgd only"),
+    ],
+)
+def test_bad_input_one_line_error(capsys, tmp_path, argv, match):
+    out = tmp_path / "out"
+    err = _error_line(capsys, ["delay_sweep", "--preset", "tiny", "--out", str(out), *argv])
+    assert match.lower() in err.lower(), err
+    assert not (out / "results.jsonl").exists()  # stopped before training anything
+
+
+def test_missing_idx_file_named(capsys, tmp_path):
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(b"")
+    err = _error_line(capsys, ["delay_sweep", "--preset", "tiny", "--data", f"idx:{tmp_path}",
+                               "--out", str(tmp_path / "o")])
+    assert "train-labels-idx1-ubyte" in err
+
+
+def test_out_is_a_file(capsys, tmp_path):
+    f = tmp_path / "file"
+    f.write_text("keep me")
+    err = _error_line(capsys, ["delay_sweep", "--preset", "tiny", "--out", str(f)])
+    assert "is a file" in err
+    assert f.read_text() == "keep me"
+
+
+def test_tiny_study_end_to_end_and_resume(capsys, tmp_path):
+    out = tmp_path / "run"
+    assert main(["delay_sweep", "--preset", "tiny", "--out", str(out)]) == 0
+    lines = (out / "results.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert len(records) == 4  # 2 learning rates x 1 batch size x 2 delays
+    assert (out / "heatmap.png").stat().st_size > 10_000
+    assert json.loads((out / "study.json").read_text())["num_configs"] == 4
+    required = {"config_id", "data", "model", "optimizer", "batch_size", "epochs", "seed", "momentum", "delay",
+                "learning_rate", "test_accuracy", "test_loss", "train_loss", "test_accuracy_per_epoch",
+                "test_loss_per_epoch", "diverged", "seconds"}
+    for r in records:
+        assert required <= set(r)
+        assert len(r["test_accuracy_per_epoch"]) == r["epochs"]
+    by_lr = {(r["learning_rate"], r["delay"]): r for r in records}
+    assert by_lr[(10.0, 0)]["diverged"] and by_lr[(10.0, 1)]["diverged"]
+    assert not by_lr[(0.01, 0)]["diverged"]
+    capsys.readouterr()
+
+    # The same command again: nothing to run, nothing rewritten.
+    assert main(["delay_sweep", "--preset", "tiny", "--out", str(out)]) == 0
+    assert "4 already in" in capsys.readouterr().out
+    assert (out / "results.jsonl").read_text().splitlines() == lines
+
+    # A grown grid runs only the new configs and keeps the old lines as they were.
+    assert main(["delay_sweep", "--preset", "tiny", "--out", str(out), "--delays", "0,1,2"]) == 0
+    new_lines = (out / "results.jsonl").read_text().splitlines()
+    assert new_lines[:4] == lines and len(new_lines) == 6
+
+
+def test_truncated_last_line_is_skipped_not_fatal(capsys, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "results.jsonl").write_text('{"config_id": "abc", "broken')  # a run killed mid-write
+    assert main(["delay_sweep", "--preset", "tiny", "--out", str(out), "--learning-rates", "0.01",
+                 "--delays", "0"]) == 0
+    text = (out / "results.jsonl").read_text()
+    assert text.startswith('{"config_id": "abc", "broken\n')  # kept as it was
+    assert json.loads(text.splitlines()[1])["learning_rate"] == 0.01
+    assert "skipped 1 unreadable line" in capsys.readouterr().out
