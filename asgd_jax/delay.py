@@ -86,13 +86,16 @@ def delayed(
     .. math::
 
         u_t = \begin{cases} 0 & t < d \\
-                                                \mathrm{inner}(g_{t-d}, w_t) & t \ge d \end{cases}
+                            \mathrm{inner}(g_{t-d}, w_t) & t \ge d \end{cases}
 
     where ``inner(g, w_t)`` is the wrapped optimizer's update for gradient ``g``
     at the current parameters ``w_t``; its state advances only when ``t >= d``.
     So the first ``d`` calls return zeros and leave ``inner`` untouched, and
-    ``delay=0`` is exactly ``inner``. This is the constant-delay model of
-    asynchronous SGD with ``d + 1`` equally fast workers (Jain et al., 2018).
+    ``delay=0`` is ``inner``: bit for bit when ``max_delay == 0`` (the default
+    for ``delay=0``), and up to float rounding (XLA may fuse the selected
+    branch differently, a 1-ulp effect) with a larger ``max_delay``. This is
+    the constant-delay model of asynchronous SGD with ``d + 1`` equally fast
+    workers (Jain et al., 2018).
 
     Pending gradients sit in a ring buffer of ``max_delay`` slots (no buffer when
     ``max_delay == 0``). ``delay`` may be a traced integer (under ``jit`` or

@@ -19,10 +19,10 @@ def _pyplot():
 
 
 def lr_label(lr: float) -> str:
-    """``0.0031622`` → ``'10^-2.5'`` when lr is a half-decade power of ten, else ``'3.16e-03'``."""
+    """``0.0031622`` → ``'$10^{-2.5}$'`` for half-decade powers of ten, else ``'3.16e-03'``."""
     e = math.log10(lr)
     if abs(e * 2 - round(e * 2)) < 1e-6:
-        return f"1e{e:g}" if float(e).is_integer() else f"10^{e:g}"
+        return f"$10^{{{round(e * 2) / 2:g}}}$"
     return f"{lr:.3g}"
 
 

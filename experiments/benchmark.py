@@ -1,0 +1,98 @@
+"""Throughput of the sweep engine: config-samples per second, one config vs a vmapped group.
+
+Trains LeNet-5 with delayed SGD (momentum 0.9) on random MNIST-shaped data and
+times whole epochs after a warm-up epoch (compilation excluded), for each batch
+size and each way of driving a group of K configs:
+
+* ``step, K=1``: one config, a jitted step called from Python per step;
+* ``step, vmap K``: K configs vmapped into one step;
+* ``step, K x chunk 1``: K configs one after another through the same program
+  (what the sweep engine does on CPU);
+* ``scan, vmap K``: K configs vmapped, the epoch's steps inside ``lax.scan``.
+
+Prints a table and writes ``benchmark.json`` to ``--out``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+
+import numpy as np
+
+from experiments import common
+
+NAME = "benchmark"
+HELP = "throughput (config-samples/s) of one LeNet-5 config vs a vmapped group, per loop driver"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--batch-sizes", default="64,512", help="comma-separated (default 64,512)")
+    p.add_argument("--configs", type=int, default=8, help="K, configs in a group (default 8)")
+    p.add_argument("--samples", type=int, default=8192, help="training samples per epoch (default 8192)")
+    p.add_argument("--out", default=os.path.join("runs", "benchmark"), help="output directory")
+
+
+def _measure(trainer, k: int, loop: str, chunk: int) -> float:
+    """Config-samples per second of one epoch after a warm-up epoch."""
+    import jax
+    import jax.numpy as jnp
+    from asgd_jax import run_configs
+
+    size = chunk or k
+    keys = jax.random.split(jax.random.key(0), size)
+    hp = {
+        "learning_rate": jnp.full((size,), 0.01),
+        "delay": jnp.arange(size) % (trainer.config.max_delay + 1),
+        "momentum": jnp.full((size,), 0.9),
+    }
+    times = []
+    for _ in range(k // size):
+        marks = []
+        run_configs(trainer, keys, hp, loop=loop, on_epoch=lambda e, m: marks.append(time.perf_counter()))
+        times.append(marks[1] - marks[0])  # the second epoch: no compilation
+    return k * trainer.steps_per_epoch * trainer.config.batch_size / sum(times)
+
+
+def run(args) -> int:
+    batch_sizes = common.parse_list(args.batch_sizes, int, "batch-sizes")
+    if args.configs < 1:
+        raise common.UsageError(f"--configs must be >= 1, got {args.configs}.")
+    if any(b < 1 or b > args.samples for b in batch_sizes):
+        raise common.UsageError(f"--batch-sizes must lie in [1, --samples={args.samples}].")
+    out = common.prepare_out_dir(args.out)
+    import jax
+    from asgd_jax import TrainConfig, Trainer
+    from asgd_jax.data import make_dataset
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (args.samples, 28, 28), dtype=np.uint8)
+    y = rng.integers(0, 10, args.samples)
+    ds = make_dataset(x, y, x[:1000], y[:1000], name="random-mnist-shaped")
+    k = args.configs
+    rows = []
+    for b in batch_sizes:
+        trainer = Trainer(TrainConfig(batch_size=b, epochs=2, max_delay=8), ds)
+        for label, kk, loop, chunk in (
+            ("step, K=1", 1, "step", 0),
+            (f"step, vmap {k}", k, "step", 0),
+            (f"step, {k} x chunk 1", k, "step", 1),
+            (f"scan, vmap {k}", k, "scan", 0),
+        ):
+            rate = _measure(trainer, kk, loop, chunk)
+            rows.append({"batch_size": b, "driver": label, "configs": kk, "config_samples_per_s": rate})
+            print(f"batch {b:5d}  {label:<18} {rate:10.0f} config-samples/s", flush=True)
+    info = {
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "jax": jax.__version__,
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "rows": rows,
+    }
+    with open(os.path.join(out, "benchmark.json"), "w", encoding="utf-8") as f:
+        json.dump(info, f, indent=2)
+    print(f"wrote {os.path.join(out, 'benchmark.json')}")
+    return 0

@@ -1,0 +1,193 @@
+"""Tests for asgd_jax.models: LeNet-5 and the MLP against a naive NumPy forward pass."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from asgd_jax.models import MLP, MODELS, LeNet5, count_params, make_model
+
+# --- an independent NumPy forward pass ----------------------------------------------------------
+
+
+def np_conv2d(x, kernel, bias, padding):
+    """Naive NHWC / HWIO convolution, stride 1, with explicit loops over kernel offsets."""
+    kh, kw, c_in, c_out = kernel.shape
+    if padding == "SAME":  # odd kernels: (k - 1) / 2 zeros on each side
+        ph, pw = (kh - 1) // 2, (kw - 1) // 2
+        x = np.pad(x, ((0, 0), (ph, kh - 1 - ph), (pw, kw - 1 - pw), (0, 0)))
+    n, h, w, _ = x.shape
+    oh, ow = h - kh + 1, w - kw + 1
+    out = np.zeros((n, oh, ow, c_out), np.float64)
+    for di in range(kh):
+        for dj in range(kw):
+            window = x[:, di : di + oh, dj : dj + ow, :]  # (n, oh, ow, c_in)
+            for c in range(c_in):
+                out += window[..., c : c + 1] * kernel[di, dj, c][None, None, None, :]
+    return out + bias
+
+
+def np_relu(x):
+    return np.maximum(x, 0.0)
+
+
+def np_max_pool_2x2(x):
+    n, h, w, c = x.shape
+    out = np.full((n, h // 2, w // 2, c), -np.inf)
+    for di in range(2):
+        for dj in range(2):
+            out = np.maximum(out, x[:, di : 2 * (h // 2) : 2, dj : 2 * (w // 2) : 2, :])
+    return out
+
+
+def np_dense(x, p):
+    return x @ np.asarray(p["kernel"], np.float64) + np.asarray(p["bias"], np.float64)
+
+
+def np_lenet5(params, x):
+    p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+    x = np.asarray(x, np.float64)
+    x = np_max_pool_2x2(np_relu(np_conv2d(x, p["Conv_0"]["kernel"], p["Conv_0"]["bias"], "SAME")))
+    x = np_max_pool_2x2(np_relu(np_conv2d(x, p["Conv_1"]["kernel"], p["Conv_1"]["bias"], "VALID")))
+    x = x.reshape(x.shape[0], -1)  # (n, 4, 4, 16) -> (n, 400), row-major H, W, C
+    x = np_relu(np_dense(x, p["Dense_0"]))
+    x = np_relu(np_dense(x, p["Dense_1"]))
+    return np_dense(x, p["Dense_2"])
+
+
+def np_mlp(params, x, layers):
+    x = np.asarray(x, np.float64).reshape(x.shape[0], -1)
+    for i in range(layers - 1):
+        x = np_relu(np_dense(x, params[f"Dense_{i}"]))
+    return np_dense(x, params[f"Dense_{layers - 1}"])
+
+
+def _init(model, shape, seed=0):
+    """The parameter tree's shapes and dtypes (no values).
+
+    ``jax.eval_shape`` traces ``init`` without compiling it: a real LeNet-5 init costs seconds of
+    XLA:CPU compile time, and the tests below fill the parameters with their own random values.
+    """
+    return jax.eval_shape(model.init, jax.random.key(seed), jnp.zeros((1,) + shape, jnp.float32))["params"]
+
+
+def _randomize(params, seed):
+    """Replaces every leaf by random values: kernels with std 1/sqrt(fan_in) (logits of order 1),
+    biases (which init sets to zero) with std 0.1, so a bias bug cannot hide."""
+    rng = np.random.default_rng(seed)
+
+    def draw(p):
+        if p.ndim == 1:
+            return jnp.asarray(0.1 * rng.normal(size=p.shape), jnp.float32)
+        fan_in = int(np.prod(p.shape[:-1]))
+        return jnp.asarray(rng.normal(size=p.shape) / np.sqrt(fan_in), jnp.float32)
+
+    return jax.tree.map(draw, params)
+
+
+# --- LeNet-5 ------------------------------------------------------------------------------------
+
+
+class LeNet5Test(chex.TestCase):
+    def test_parameter_count(self):
+        # Spatial sizes: 28 -conv SAME-> 28 -pool-> 14 -conv VALID 5x5-> 10 -pool-> 5,
+        # so the flattened size is 5 * 5 * 16 = 400.
+        # conv1: 5*5*1*6 + 6    =   156
+        # conv2: 5*5*6*16 + 16  =  2416
+        # dense: 400*120 + 120  = 48120
+        #        120*84 + 84    = 10164
+        #        84*10 + 10     =   850
+        # total                 = 61706
+        expected = 156 + 2416 + 48120 + 10164 + 850
+        self.assertEqual(expected, 61706)
+        for patch in (True, False):
+            params = _init(LeNet5(patch_conv1=patch), (28, 28, 1))
+            self.assertEqual(count_params(params), expected)
+            chex.assert_shape(params["Conv_0"]["kernel"], (5, 5, 1, 6))
+            chex.assert_shape(params["Conv_1"]["kernel"], (5, 5, 6, 16))
+            chex.assert_shape(params["Dense_0"]["kernel"], (400, 120))
+            chex.assert_shape(params["Dense_1"]["kernel"], (120, 84))
+            chex.assert_shape(params["Dense_2"]["kernel"], (84, 10))
+
+    def test_patch_and_conv_share_parameter_structure(self):
+        a = _init(LeNet5(patch_conv1=True), (28, 28, 1))
+        b = _init(LeNet5(patch_conv1=False), (28, 28, 1))
+        self.assertEqual(jax.tree.structure(a), jax.tree.structure(b))
+        self.assertEqual(
+            jax.tree.map(lambda l: (l.shape, l.dtype), a), jax.tree.map(lambda l: (l.shape, l.dtype), b)
+        )
+
+    def test_output_shape(self):
+        model = LeNet5()
+        params = _randomize(_init(model, (28, 28, 1)), 0)
+        for n in (1, 5):
+            out = jax.jit(model.apply)({"params": params}, jnp.zeros((n, 28, 28, 1)))
+            chex.assert_shape(out, (n, 10))
+            chex.assert_type(out, jnp.float32)
+        out = jax.jit(LeNet5(num_classes=3).apply)(
+            {"params": _randomize(_init(LeNet5(num_classes=3), (28, 28, 1)), 0)}, jnp.zeros((2, 28, 28, 1))
+        )
+        chex.assert_shape(out, (2, 3))
+
+    def test_forward_matches_numpy(self):
+        rng = np.random.default_rng(0)
+        for channels in (1, 3):
+            with self.subTest(channels=channels):
+                params = _randomize(_init(LeNet5(), (28, 28, channels)), seed=channels)
+                x = jnp.asarray(rng.uniform(size=(2, 28, 28, channels)), jnp.float32)
+                expected = np_lenet5(params, x)
+                # The reference is not degenerate: logits differ between the two inputs.
+                self.assertGreater(float(np.abs(expected[0] - expected[1]).max()), 1e-2)
+                patch = jax.jit(LeNet5(patch_conv1=True).apply)({"params": params}, x)
+                conv = jax.jit(LeNet5(patch_conv1=False).apply)({"params": params}, x)
+                chex.assert_trees_all_close(patch, conv, rtol=1e-5, atol=1e-5)
+                scale = float(np.abs(expected).max())
+                chex.assert_trees_all_close(patch, expected.astype(np.float32), rtol=1e-4, atol=1e-5 * scale)
+                chex.assert_trees_all_close(conv, expected.astype(np.float32), rtol=1e-4, atol=1e-5 * scale)
+
+    def test_numpy_conv_reference_sanity(self):
+        # Hand-derived: a 3x3 all-ones kernel on a 3x3 image of ones, SAME padding, counts neighbours.
+        x = np.ones((1, 3, 3, 1))
+        k = np.ones((3, 3, 1, 1))
+        out = np_conv2d(x, k, np.zeros(1), "SAME")[0, :, :, 0]
+        np.testing.assert_array_equal(out, [[4, 6, 4], [6, 9, 6], [4, 6, 4]])
+        np.testing.assert_array_equal(np_conv2d(x, k, np.array([1.0]), "VALID")[0, :, :, 0], [[10.0]])
+        np.testing.assert_array_equal(
+            np_max_pool_2x2(np.arange(16.0).reshape(1, 4, 4, 1))[0, :, :, 0], [[5, 7], [13, 15]]
+        )
+
+
+# --- MLP and the registry -----------------------------------------------------------------------
+
+
+class MLPTest(chex.TestCase):
+    def test_shapes_and_count(self):
+        model = MLP()
+        params = _randomize(_init(model, (28, 28, 1)), 0)
+        # 784*256+256 + 256*128+128 + 128*10+10
+        self.assertEqual(count_params(params), 784 * 256 + 256 + 256 * 128 + 128 + 128 * 10 + 10)
+        chex.assert_shape(jax.jit(model.apply)({"params": params}, jnp.zeros((4, 28, 28, 1))), (4, 10))
+        small = MLP(hidden=(7,), num_classes=3)
+        p = _randomize(_init(small, (5, 6, 2)), 1)
+        chex.assert_shape(p["Dense_0"]["kernel"], (60, 7))
+        chex.assert_shape(jax.jit(small.apply)({"params": p}, jnp.zeros((2, 5, 6, 2))), (2, 3))
+
+    def test_forward_matches_numpy(self):
+        model = MLP(hidden=(16, 8), num_classes=4)
+        params = _randomize(_init(model, (6, 6, 2)), seed=7)
+        x = jnp.asarray(np.random.default_rng(1).uniform(size=(3, 6, 6, 2)), jnp.float32)
+        expected = np_mlp(params, x, layers=3)
+        chex.assert_trees_all_close(
+            jax.jit(model.apply)({"params": params}, x), expected.astype(np.float32), rtol=1e-4, atol=1e-5
+        )
+
+    def test_make_model(self):
+        self.assertEqual(set(MODELS), {"lenet5", "mlp"})
+        self.assertIsInstance(make_model("mlp"), MLP)
+        self.assertIsInstance(make_model("lenet5"), LeNet5)
+        self.assertEqual(make_model("mlp", num_classes=7).num_classes, 7)
+        with pytest.raises(ValueError, match=r"unknown model 'resnet'.*lenet5.*mlp"):
+            make_model("resnet")
