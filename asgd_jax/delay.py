@@ -25,9 +25,10 @@ class DelayedState(NamedTuple):
         delay: int32 scalar, the delay ``d`` in steps. It lives in the state, like
             the hyperparameters of :func:`optax.inject_hyperparams`, so a vmapped
             sweep can give every config its own delay inside one compiled program.
-        buffer: ring buffer of pending gradients, a pytree like the parameters with
-            a leading axis of length ``max(max_delay, 1)``. Gradient ``g_t`` lives in
-            slot ``t mod max_delay`` until it is applied.
+        buffer: ring buffer of gradients, a pytree like the parameters with a
+            leading axis of ``max_delay + 1`` slots (0 when ``max_delay == 0``).
+            Gradient ``g_t`` is written to slot ``t mod (max_delay + 1)`` and
+            read back ``d`` steps later.
         inner_state: the wrapped optimizer's state. It only moves on steps that
             apply a gradient.
     """
@@ -97,8 +98,8 @@ def delayed(
     the constant-delay model of asynchronous SGD with ``d + 1`` equally fast
     workers (Jain et al., 2018).
 
-    Pending gradients sit in a ring buffer of ``max_delay`` slots (no buffer when
-    ``max_delay == 0``). ``delay`` may be a traced integer (under ``jit`` or
+    Gradients sit in a ring buffer of ``max_delay + 1`` slots (one holds the
+    gradient just received; no buffer when ``max_delay == 0``). ``delay`` may be a traced integer (under ``jit`` or
     ``vmap``) as long as ``max_delay`` bounds it statically; it is stored in the
     state, so one compiled program serves every delay up to ``max_delay``.
 
@@ -139,7 +140,7 @@ def delayed(
     """
     max_delay, _ = validate_delay(delay, max_delay)
     inner = optax.with_extra_args_support(inner)
-    slots = max(max_delay, 1)
+    slots = max_delay + 1 if max_delay else 0  # no buffer at all without delay
 
     def init_fn(params):
         buffer = jax.tree.map(lambda p: jnp.zeros((slots,) + jnp.shape(p), jnp.result_type(p)), params)
@@ -153,19 +154,18 @@ def delayed(
         if max_delay == 0:
             stale, buffer = updates, state.buffer
         else:
-            # Read g_{t-d} (written d steps ago) before g_t overwrites slot t mod max_delay;
-            # for d == max_delay the two slots coincide, hence read first.
-            read = jnp.mod(t - d, slots)
+            # Write g_t first, then read g_{t-d} from the updated buffer: with
+            # max_delay + 1 slots, g_{t-d} is still there for every d <= max_delay
+            # (d == 0 reads g_t back). Reading before writing made XLA:CPU copy the
+            # whole buffer twice per step.
             write = jnp.mod(t, slots)
-            from_buffer = jax.tree.map(
-                lambda b: jax.lax.dynamic_index_in_dim(b, read, keepdims=False), state.buffer
-            )
-            stale = jax.tree.map(lambda g, b: jnp.where(d == 0, g, b).astype(b.dtype), updates, from_buffer)
+            read = jnp.mod(t - d, slots)
             buffer = jax.tree.map(
                 lambda b, g: jax.lax.dynamic_update_index_in_dim(b, g.astype(b.dtype), write, 0),
                 state.buffer,
                 updates,
             )
+            stale = jax.tree.map(lambda b: jax.lax.dynamic_index_in_dim(b, read, keepdims=False), buffer)
         new_updates, new_inner = inner.update(stale, state.inner_state, params, **extra_args)
         if max_delay == 0:
             out_updates, out_inner = new_updates, new_inner

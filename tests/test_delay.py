@@ -380,7 +380,7 @@ class CompositionTest(chex.TestCase):
         update = self.variant(tx.update)
         state = tx.init(params)
         chex.assert_trees_all_equal_shapes(
-            state.buffer, jax.tree.map(lambda p: jnp.zeros((d,) + p.shape), params)
+            state.buffer, jax.tree.map(lambda p: jnp.zeros((d + 1,) + p.shape), params)
         )
         got = []
         for g in grads:
@@ -453,7 +453,8 @@ class BadInputTest(chex.TestCase):
 class MemoryTest(chex.TestCase):
     def test_buffer_leading_axis(self):
         params = {"w": jnp.zeros((3, 4)), "b": jnp.zeros((4,))}
-        for d, max_delay, slots in ((0, None, 1), (0, 0, 1), (3, None, 3), (1, 5, 5), (2, 2, 2)):
+        # max_delay + 1 slots (g_t is written before g_{t-d} is read); none without delay.
+        for d, max_delay, slots in ((0, None, 0), (0, 0, 0), (3, None, 4), (1, 5, 6), (2, 2, 3)):
             with self.subTest(delay=d, max_delay=max_delay):
                 state = delayed(optax.sgd(0.1), d, max_delay=max_delay).init(params)
                 self.assertIsInstance(state, DelayedState)
