@@ -18,7 +18,20 @@ from asgd_jax.train import (
     normalize_hparams,
     run_configs,
 )
-from asgd_jax import data
+from asgd_jax import data, timing
+from asgd_jax.simulator import (
+    COMPENSATIONS,
+    SERVER_RULES,
+    STALENESS_SCALINGS,
+    ASSIGNMENTS,
+    Jobs,
+    SimState,
+    StalenessTrace,
+    active_workers,
+    asynchronous,
+    next_worker,
+    simulate_staleness,
+)
 
 __version__ = "0.1.0"
 
@@ -39,4 +52,16 @@ __all__ = [
     "normalize_hparams",
     "run_configs",
     "data",
+    "timing",
+    "asynchronous",
+    "next_worker",
+    "active_workers",
+    "simulate_staleness",
+    "SimState",
+    "Jobs",
+    "StalenessTrace",
+    "ASSIGNMENTS",
+    "SERVER_RULES",
+    "COMPENSATIONS",
+    "STALENESS_SCALINGS",
 ]

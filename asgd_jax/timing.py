@@ -1,0 +1,387 @@
+"""Compute-time models: how long a worker takes to compute one gradient.
+
+Every model is a small frozen dataclass registered as a JAX pytree whose fields
+are its parameters (numbers or arrays, possibly traced). A model is sampled from
+an explicit PRNG key::
+
+    times = model.sample(key, worker, num_workers)
+
+where ``worker`` is an integer array of worker ids (any shape) and
+``num_workers`` the number of workers in the system; ``times`` is a positive
+float32 array of ``worker``'s shape, one independent draw per element. Because
+a model is a pytree, :func:`asgd_jax.simulator.asynchronous` keeps it in its
+state, so a vmapped sweep may give every config its own time parameters inside
+one compiled program.
+
+Base distributions (the same law for every worker): :func:`fixed`,
+:func:`normal` (truncated to positive times), :func:`exponential`,
+:func:`lognormal`, :func:`uniform`. Wrappers that make workers differ, and that
+compose with any model (wrappers included): :func:`per_worker` (worker ``i``'s
+times scaled by ``scales[i]``) and :func:`stragglers` (the last fraction ``p`` of
+the workers ``c`` times slower). ``model.expected(worker, num_workers)`` gives the
+expected compute time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.special import ndtr
+
+__all__ = [
+    "TimingModel", "Fixed", "Normal", "Exponential", "LogNormal", "Uniform", "PerWorker",
+    "Stragglers", "fixed", "normal", "exponential", "lognormal", "uniform", "per_worker",
+    "stragglers", "as_timing",
+]
+
+
+def _f32(x) -> jax.Array:
+    return jnp.asarray(x, jnp.float32)
+
+
+def _pytree_dataclass(cls):
+    """Frozen dataclass whose fields are all pytree children (traceable parameters)."""
+    cls = dataclasses.dataclass(frozen=True)(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    return jax.tree_util.register_dataclass(cls, data_fields=names, meta_fields=[])
+
+
+class TimingModel:
+    """Base class of compute-time models (see the module docstring).
+
+    ``is_random`` (static) says whether :meth:`sample` uses its key; the
+    simulator skips drawing keys when nothing in the system is random.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from asgd_jax import timing
+        >>> model = timing.stragglers(timing.exponential(1.0), fraction=0.5, slowdown=4.0)
+        >>> model.expected(jnp.arange(4), num_workers=4)
+        Array([1., 1., 4., 4.], dtype=float32)
+        >>> model.sample(jax.random.key(0), jnp.arange(4), num_workers=4).shape, model.is_random
+        ((4,), True)
+    """
+
+    is_random = True
+
+    def sample(self, key: jax.Array, worker: Any, num_workers: Any = 1) -> jax.Array:
+        """Draws one compute time per element of ``worker`` (float32, positive)."""
+        raise NotImplementedError
+
+    def expected(self, worker: Any, num_workers: Any = 1) -> jax.Array:
+        """The expected compute time of each element of ``worker`` (float32)."""
+        raise NotImplementedError
+
+
+@_pytree_dataclass
+class Fixed(TimingModel):
+    r"""Every job takes exactly ``time``: :math:`T = t`. Build with :func:`fixed`."""
+
+    time: Any
+    is_random = False
+
+    def sample(self, key, worker, num_workers=1):
+        del key, num_workers
+        return jnp.broadcast_to(_f32(self.time), jnp.shape(worker))
+
+    def expected(self, worker, num_workers=1):
+        return self.sample(None, worker, num_workers)
+
+
+@_pytree_dataclass
+class Normal(TimingModel):
+    r"""Normal times truncated to positive values. Build with :func:`normal`."""
+
+    mean: Any
+    std: Any
+
+    def sample(self, key, worker, num_workers=1):
+        del num_workers
+        m, s = _f32(self.mean), _f32(self.std)
+        safe = jnp.where(s > 0, s, 1.0)
+        z = jax.random.truncated_normal(key, -m / safe, jnp.inf, jnp.shape(worker), jnp.float32)
+        return jnp.maximum(m + jnp.where(s > 0, s, 0.0) * z, 0.0)
+
+    def expected(self, worker, num_workers=1):
+        m, s = _f32(self.mean), _f32(self.std)
+        safe = jnp.where(s > 0, s, 1.0)
+        alpha = -m / safe
+        pdf = jnp.exp(-0.5 * alpha ** 2) / jnp.sqrt(2 * jnp.pi)
+        value = jnp.where(s > 0, m + s * pdf / ndtr(-alpha), m)
+        return jnp.broadcast_to(value, jnp.shape(worker))
+
+
+@_pytree_dataclass
+class Exponential(TimingModel):
+    r"""Exponential times of mean ``mean``. Build with :func:`exponential`."""
+
+    mean: Any
+
+    def sample(self, key, worker, num_workers=1):
+        del num_workers
+        return _f32(self.mean) * jax.random.exponential(key, jnp.shape(worker), jnp.float32)
+
+    def expected(self, worker, num_workers=1):
+        return jnp.broadcast_to(_f32(self.mean), jnp.shape(worker))
+
+
+@_pytree_dataclass
+class LogNormal(TimingModel):
+    r"""Log-normal times with mean ``mean``. Build with :func:`lognormal`."""
+
+    mean: Any
+    sigma: Any
+
+    def sample(self, key, worker, num_workers=1):
+        del num_workers
+        s = _f32(self.sigma)
+        z = jax.random.normal(key, jnp.shape(worker), jnp.float32)
+        return _f32(self.mean) * jnp.exp(s * z - 0.5 * s * s)
+
+    def expected(self, worker, num_workers=1):
+        return jnp.broadcast_to(_f32(self.mean), jnp.shape(worker))
+
+
+@_pytree_dataclass
+class Uniform(TimingModel):
+    r"""Uniform times on ``[low, high)``. Build with :func:`uniform`."""
+
+    low: Any
+    high: Any
+
+    def sample(self, key, worker, num_workers=1):
+        del num_workers
+        return jax.random.uniform(key, jnp.shape(worker), jnp.float32, _f32(self.low), _f32(self.high))
+
+    def expected(self, worker, num_workers=1):
+        return jnp.broadcast_to(0.5 * (_f32(self.low) + _f32(self.high)), jnp.shape(worker))
+
+
+@_pytree_dataclass
+class PerWorker(TimingModel):
+    r"""Worker ``i``'s times are ``scales[i]`` times a draw of ``base``. Build with :func:`per_worker`."""
+
+    base: Any
+    scales: Any
+
+    @property
+    def is_random(self):
+        return self.base.is_random
+
+    def _scale(self, worker):
+        return jnp.take(_f32(self.scales), jnp.asarray(worker, jnp.int32), mode="clip")
+
+    def sample(self, key, worker, num_workers=1):
+        return self._scale(worker) * self.base.sample(key, worker, num_workers)
+
+    def expected(self, worker, num_workers=1):
+        return self._scale(worker) * self.base.expected(worker, num_workers)
+
+
+@_pytree_dataclass
+class Stragglers(TimingModel):
+    r"""The last ``round(fraction · n)`` workers are ``slowdown`` times slower. Build with :func:`stragglers`."""
+
+    base: Any
+    fraction: Any
+    slowdown: Any
+
+    @property
+    def is_random(self):
+        return self.base.is_random
+
+    def is_straggler(self, worker, num_workers):
+        """Whether each worker id is a straggler: ``worker >= n - floor(fraction * n + 1/2)``."""
+        n = jnp.asarray(num_workers, jnp.int32)
+        count = jnp.floor(_f32(self.fraction) * n.astype(jnp.float32) + 0.5).astype(jnp.int32)
+        return jnp.asarray(worker, jnp.int32) >= n - count
+
+    def _factor(self, worker, num_workers):
+        return jnp.where(self.is_straggler(worker, num_workers), _f32(self.slowdown), 1.0)
+
+    def sample(self, key, worker, num_workers=1):
+        return self._factor(worker, num_workers) * self.base.sample(key, worker, num_workers)
+
+    def expected(self, worker, num_workers=1):
+        return self._factor(worker, num_workers) * self.base.expected(worker, num_workers)
+
+
+def fixed(time=1.0) -> Fixed:
+    r"""Constant compute time: every job takes :math:`T = t`.
+
+    Args:
+        time: the compute time ``t > 0`` (a number or a traced scalar).
+
+    Returns:
+        A :class:`Fixed` model.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from asgd_jax import timing
+        >>> timing.fixed(2.0).sample(jax.random.key(0), jnp.arange(3))
+        Array([2., 2., 2.], dtype=float32)
+    """
+    return Fixed(time)
+
+
+def normal(mean=1.0, std=0.2) -> Normal:
+    r"""Normal compute times truncated to positive values.
+
+    :math:`T \sim \mathcal N(\mu, \sigma^2)` conditioned on :math:`T > 0`; with
+    :math:`\alpha = -\mu/\sigma` its expectation is
+    :math:`\mu + \sigma\,\varphi(\alpha)/(1 - \Phi(\alpha))` (just :math:`\mu`
+    when :math:`\mu \gg \sigma`). ``std = 0`` gives the fixed time ``mean``.
+    Jain et al.'s Monte Carlo (shared/PAPERS.md §1) uses ``normal(1.0, 0.2)``.
+
+    Args:
+        mean: :math:`\mu > 0`.
+        std: :math:`\sigma \ge 0`.
+
+    Returns:
+        A :class:`Normal` model.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from asgd_jax import timing
+        >>> t = timing.normal(1.0, 0.2).sample(jax.random.key(0), jnp.zeros(10000, int))
+        >>> bool(t.min() > 0), round(float(t.mean()), 1)
+        (True, 1.0)
+    """
+    return Normal(mean, std)
+
+
+def exponential(mean=1.0) -> Exponential:
+    r"""Exponential compute times: :math:`T \sim \mathrm{Exp}(1/\mu)`, :math:`E[T] = \mu`.
+
+    Args:
+        mean: :math:`\mu > 0`.
+
+    Returns:
+        An :class:`Exponential` model.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from asgd_jax import timing
+        >>> t = timing.exponential(2.0).sample(jax.random.key(0), jnp.zeros(20000, int))
+        >>> round(float(t.mean()), 1)
+        2.0
+    """
+    return Exponential(mean)
+
+
+def lognormal(mean=1.0, sigma=0.5) -> LogNormal:
+    r"""Log-normal compute times parameterised by their mean.
+
+    :math:`T = \mu \exp(\sigma Z - \sigma^2/2)` with :math:`Z \sim \mathcal N(0, 1)`,
+    so :math:`E[T] = \mu` and :math:`\log T` has standard deviation :math:`\sigma`.
+    **(choice)** ``mean`` is the mean of :math:`T` (not of :math:`\log T`), so that
+    :func:`per_worker` scales stay mean compute times for every base model.
+
+    Args:
+        mean: :math:`\mu > 0`, the expected time.
+        sigma: :math:`\sigma \ge 0`, the spread of :math:`\log T`.
+
+    Returns:
+        A :class:`LogNormal` model.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from asgd_jax import timing
+        >>> t = timing.lognormal(1.0, 0.5).sample(jax.random.key(0), jnp.zeros(20000, int))
+        >>> round(float(t.mean()), 1)
+        1.0
+    """
+    return LogNormal(mean, sigma)
+
+
+def uniform(low=0.5, high=1.5) -> Uniform:
+    r"""Uniform compute times: :math:`T \sim U[a, b)`, :math:`E[T] = (a + b)/2`.
+
+    Args:
+        low: :math:`a > 0`.
+        high: :math:`b \ge a`.
+
+    Returns:
+        A :class:`Uniform` model.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from asgd_jax import timing
+        >>> t = timing.uniform(1.0, 3.0).sample(jax.random.key(0), jnp.zeros(1000, int))
+        >>> bool(t.min() >= 1.0), bool(t.max() < 3.0)
+        (True, True)
+    """
+    return Uniform(low, high)
+
+
+def per_worker(base: TimingModel | float, scales) -> PerWorker:
+    r"""Heterogeneous workers: worker ``i``'s time is ``scales[i]`` times a draw of ``base``.
+
+    :math:`T_i = s_i \cdot T` with :math:`T \sim` ``base``; with a base of mean 1
+    (``fixed(1.0)``, ``exponential(1.0)``, ...), :math:`s_i` is worker ``i``'s mean
+    compute time, as in AsGrad's experiments (``s_i = 1, 2, ..., 10``;
+    shared/PAPERS.md §4). Give ``scales`` one entry per worker up to the
+    simulator's ``max_workers``; worker ids beyond the last entry use the last one.
+
+    Args:
+        base: any model (or a number, meaning ``fixed(number)``).
+        scales: positive array of per-worker factors ``s_i``.
+
+    Returns:
+        A :class:`PerWorker` model.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from asgd_jax import timing
+        >>> model = timing.per_worker(timing.fixed(1.0), jnp.arange(1.0, 4.0))
+        >>> model.sample(jax.random.key(0), jnp.arange(3))
+        Array([1., 2., 3.], dtype=float32)
+    """
+    return PerWorker(as_timing(base), scales)
+
+
+def stragglers(base: TimingModel | float, fraction=0.1, slowdown=5.0) -> Stragglers:
+    r"""Persistent stragglers: a fraction ``p`` of the workers is ``c`` times slower.
+
+    With ``n`` workers, the last :math:`k = \lfloor p n + 1/2 \rfloor` workers
+    (ids ``n - k, ..., n - 1``) are stragglers: :math:`T_i = c \cdot T` for them
+    and :math:`T_i = T` for the others, :math:`T \sim` ``base``. **(choice)** The
+    stragglers are fixed worker ids (the last ones, so that growing ``p`` only adds
+    stragglers) rather than a random subset; combine with :func:`per_worker` for
+    any other pattern. ``n`` is the total worker count the simulator passes (not
+    the number of workers active during a gradual introduction).
+
+    Args:
+        base: any model (or a number, meaning ``fixed(number)``).
+        fraction: :math:`p \in [0, 1]`.
+        slowdown: :math:`c > 0` (``c > 1`` slows the stragglers down).
+
+    Returns:
+        A :class:`Stragglers` model.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from asgd_jax import timing
+        >>> model = timing.stragglers(timing.fixed(1.0), fraction=0.25, slowdown=10.0)
+        >>> model.sample(jax.random.key(0), jnp.arange(8), num_workers=8)
+        Array([ 1.,  1.,  1.,  1.,  1.,  1., 10., 10.], dtype=float32)
+    """
+    return Stragglers(as_timing(base), fraction, slowdown)
+
+
+def as_timing(model) -> TimingModel:
+    """Returns ``model`` itself if it is a :class:`TimingModel`, else ``fixed(model)``.
+
+    Example:
+        >>> from asgd_jax import timing
+        >>> timing.as_timing(2.0)
+        Fixed(time=2.0)
+    """
+    if isinstance(model, TimingModel):
+        return model
+    if model is None:
+        raise ValueError("timing must be a compute-time model (asgd_jax.timing) or a positive number, got None.")
+    return Fixed(model)
