@@ -9,6 +9,7 @@ import sys
 # study name -> module; each module has NAME, HELP, add_arguments(parser) and run(args).
 STUDIES = {
     "delay_sweep": "experiments.delay_sweep",
+    "delay_distribution": "experiments.delay_distribution",
     "benchmark": "experiments.benchmark",
 }
 

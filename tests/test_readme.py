@@ -41,6 +41,19 @@ def test_make_train_example_runs():
     assert printed.strip()
 
 
+def test_asynchronous_example_pure_vs_shuffle():
+    code = next(b for b in BLOCKS if "asgd_jax.asynchronous(" in b)
+    _, printed = _run(code)
+    rows = {}
+    for line in printed.strip().splitlines():
+        m = re.match(r"(\w+)\s+test accuracy ([\d.]+), simulated time ([\d.]+)", line)
+        rows[m.group(1)] = (float(m.group(2)), float(m.group(3)))
+    assert set(rows) == {"pure", "shuffle"}
+    assert rows["pure"][0] > 0.8 and rows["shuffle"][0] > 0.9  # both learn the digits
+    # Shuffle waits for the slow workers: the same number of gradients takes longer on the simulated clock.
+    assert rows["shuffle"][1] > 1.5 * rows["pure"][1]
+
+
 def test_readme_commands_match_ci():
     ci = open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8").read()
     test_cmd = 'pip install -e ".[test]" && python -m pytest'
