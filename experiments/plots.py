@@ -111,3 +111,49 @@ def delay_heatmaps(records: Sequence[Mapping], path: str, title: str = "") -> No
         fig.suptitle(title)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def staleness_histogram(
+    staleness: Sequence[int],
+    counts: Sequence[int],
+    path: str,
+    *,
+    expected: float | None = None,
+    mu: float | None = None,
+    sigma: float | None = None,
+    title: str = "",
+) -> None:
+    """Jain et al. Figure 1: the staleness histogram in integer bins, as a density.
+
+    ``staleness`` and ``counts`` are the bins (consecutive integers) and their
+    counts. Overlays the normal pdf of mean ``mu`` and std ``sigma`` (when
+    ``sigma > 0``) and a vertical line at ``expected`` (``N - 1``).
+    """
+    plt = _pyplot()
+    values = np.asarray(staleness, dtype=float)
+    counts = np.asarray(counts, dtype=float)
+    density = counts / counts.sum()  # bins of width 1: fraction of arrivals = density
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), constrained_layout=True)
+    ax.bar(
+        values,
+        density,
+        width=1.0,
+        color="tab:blue",
+        alpha=0.6,
+        edgecolor="white",
+        label=f"simulated ({int(counts.sum())} arrivals)",
+    )
+    if mu is not None and sigma is not None and sigma > 0:
+        x = np.linspace(min(values.min(), mu - 4 * sigma), max(values.max(), mu + 4 * sigma), 400)
+        pdf = np.exp(-0.5 * ((x - mu) / sigma) ** 2) / (sigma * math.sqrt(2 * math.pi))
+        ax.plot(x, pdf, color="tab:red", lw=2, label=f"normal fit: μ = {mu:.2f}, σ = {sigma:.2f}")
+    if expected is not None:
+        ax.axvline(expected, color="black", ls="--", lw=1.5, label=f"N − 1 = {expected:g}")
+    ax.set_xlabel("staleness τ (server updates between a gradient's pull and its arrival)")
+    ax.set_ylabel("density (fraction of arrivals)")
+    ax.set_ylim(bottom=0)
+    ax.legend(loc="upper right", fontsize=9)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
