@@ -109,15 +109,11 @@ class TrainState(NamedTuple):
     diverged: jax.Array  # bool: nonfinite, or the model collapsed at an epoch end
 
 
-def normalize_hparams(
-    optimizer: str, hparams: Mapping[str, Any], max_delay: int | None = None
-) -> dict[str, float]:
-    """Checks a config's hyperparameters and fills the optimizer's defaults.
+def with_defaults(optimizer: str, hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """``hparams`` with the optimizer family's defaults and ``delay=0`` filled in.
 
-    Returns a dict with ``learning_rate``, ``delay`` and the optimizer's own
-    keys (:data:`OPTIMIZERS`). Raises a one-line ``ValueError`` for a missing or
-    non-positive learning rate, a negative delay or one above ``max_delay``, or an
-    unknown key.
+    Checks the keys only (values may be traced): a one-line ``ValueError`` for
+    an unknown optimizer, an unknown key, or a missing ``learning_rate``.
     """
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {sorted(OPTIMIZERS)}.")
@@ -130,7 +126,20 @@ def normalize_hparams(
         )
     if "learning_rate" not in hparams:
         raise ValueError("every config needs a learning_rate.")
-    out = {**OPTIMIZERS[optimizer], "delay": 0, **hparams}
+    return {**OPTIMIZERS[optimizer], "delay": 0, **hparams}
+
+
+def normalize_hparams(
+    optimizer: str, hparams: Mapping[str, Any], max_delay: int | None = None
+) -> dict[str, float]:
+    """Checks a config's hyperparameters and fills the optimizer's defaults.
+
+    Returns a dict with ``learning_rate``, ``delay`` and the optimizer's own
+    keys (:data:`OPTIMIZERS`). Raises a one-line ``ValueError`` for a missing or
+    non-positive learning rate, a negative delay or one above ``max_delay``, or an
+    unknown key.
+    """
+    out = with_defaults(optimizer, hparams)
     lr = float(out["learning_rate"])
     if not lr > 0 or not np.isfinite(lr):
         raise ValueError(f"learning_rate must be a positive number, got {out['learning_rate']!r}.")
@@ -199,13 +208,7 @@ class Trainer:
         del data
         init_key, data_key = jax.random.split(key)
         params = self.model.init(init_key, jnp.zeros((1,) + self.input_shape, jnp.float32))["params"]
-        unknown = set(hparams) - {"learning_rate", "delay", *OPTIMIZERS[self.config.optimizer]}
-        if unknown or "learning_rate" not in hparams:
-            raise ValueError(
-                f"hparams need learning_rate and may hold delay and {sorted(OPTIMIZERS[self.config.optimizer])}; "
-                f"got {sorted(hparams)}."
-            )
-        hp = {**OPTIMIZERS[self.config.optimizer], "delay": 0, **hparams}  # the family's defaults
+        hp = with_defaults(self.config.optimizer, hparams)
         hp = {k: jnp.asarray(v, jnp.int32 if k == "delay" else jnp.float32) for k, v in hp.items()}
         tx = make_optimizer(self.config.optimizer, hp, self.config.max_delay)
         return TrainState(
