@@ -194,6 +194,9 @@ class Trainer:
         self.eval_chunk = min(config.eval_batch_size, self.num_test)
         self.eval_chunks = -(-self.num_test // self.eval_chunk)
         self._vmapped = None
+        # ``update`` reads every hyperparameter (learning rate, momentum, delay) from the
+        # optimizer state that ``init`` built for each config; the values given here only
+        # fix the state's structure, so one instance serves every config of the group.
         self._update_tx = make_optimizer(
             config.optimizer, normalize_hparams(config.optimizer, {"learning_rate": 1.0}), config.max_delay
         )

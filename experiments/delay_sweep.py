@@ -154,7 +154,7 @@ def run(args) -> int:
     make_configs(s)  # every config checked before any data is read
     out = common.prepare_out_dir(args.out or os.path.join("runs", f"{NAME}-{args.preset}"))
     try:
-        dataset = sources.load_source(s["data"], data_dir=args.data_dir)
+        dataset = sources.load_source(s["data"], data_dir=args.data_dir).to_device()  # once, for all groups
     except sources.DataSourceError as e:
         raise common.UsageError(str(e)) from None
     configs = make_configs(s, dataset.num_train)  # now also checks batch size <= training set
