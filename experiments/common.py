@@ -6,7 +6,10 @@ import json
 import math
 import os
 import sys
+import time
 from typing import Any, Iterable, Mapping
+
+import numpy as np
 
 from asgd_jax.sweep import config_id
 
@@ -132,3 +135,70 @@ def progress(**kwargs):
     kwargs.setdefault("file", sys.stderr)
     kwargs.setdefault("dynamic_ncols", True)
     return tqdm(**kwargs)
+
+
+def check_source(spec: str) -> None:
+    """Validates a ``--data`` spec without reading it (one-line UsageError)."""
+    from experiments import sources
+
+    try:
+        sources.parse_source(spec)
+    except sources.DataSourceError as e:
+        raise UsageError(str(e)) from None
+
+
+def load_data(spec: str, data_dir: str | None = None):
+    """Reads a ``--data`` source and puts it on the device once, for every group of a study."""
+    from experiments import sources
+
+    try:
+        return sources.load_source(spec, data_dir=data_dir).to_device()
+    except sources.DataSourceError as e:
+        raise UsageError(str(e)) from None
+
+
+def run_sweep(
+    study: str, out: str, configs: list[dict], dataset, settings: dict, *, loop="auto", chunk_size=None
+) -> tuple[list[dict], int, float]:
+    """Trains the configs not yet in ``out/results.jsonl``, appending each chunk's results as it finishes.
+
+    Writes ``out/study.json`` (the settings), shows progress bars over configs and
+    epochs, and returns ``(records of all configs in their order, configs run now, seconds)``.
+    """
+    from asgd_jax.sweep import group_configs, run_group
+
+    results = ResultsFile(os.path.join(out, "results.jsonl"))
+    if results.skipped_lines:
+        print(
+            f"warning: skipped {results.skipped_lines} unreadable line(s) of {results.path} (a killed run?)"
+        )
+    todo = [c for c in configs if not results.has(c)]
+    groups = group_configs(todo)
+    with open(os.path.join(out, "study.json"), "w", encoding="utf-8") as f:
+        json.dump({"study": study, "settings": settings, "num_configs": len(configs)}, f, indent=2)
+    print(
+        f"{study}: {len(configs)} configs on {dataset.name} ({dataset.num_train} train / {dataset.num_test} test), "
+        f"{len(configs) - len(todo)} already in {results.path}; {len(groups)} group(s) to run"
+    )
+    t0 = time.perf_counter()
+    with progress(total=len(todo), desc="configs", unit="cfg", position=0) as bar:
+        for g in groups:
+            tc = g.train_config
+            bar.set_postfix_str(
+                f"group {tc.optimizer} bs={tc.batch_size} max_delay={tc.max_delay} ({len(g.configs)} cfgs)"
+            )
+            epochs = progress(total=tc.epochs, desc="  epochs", unit="ep", position=1, leave=False)
+
+            def on_epoch(ci, e, metrics, epochs=epochs):
+                if e == 0:
+                    epochs.reset()
+                epochs.update(1)
+                epochs.set_postfix_str(f"acc={np.nanmax(metrics['test_accuracy']):.3f}")
+
+            def on_chunk(chunk_results):
+                results.append(chunk_results)
+                bar.update(len(chunk_results))
+
+            run_group(g, dataset, loop=loop, chunk_size=chunk_size, on_epoch=on_epoch, on_chunk=on_chunk)
+            epochs.close()
+    return results.select(configs), len(todo), time.perf_counter() - t0

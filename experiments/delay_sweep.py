@@ -8,9 +8,7 @@ size) to ``--out``. Rerunning the same command skips finished configs.
 
 from __future__ import annotations
 
-import json
 import os
-import time
 
 import numpy as np
 
@@ -147,69 +145,22 @@ def make_configs(s: dict, num_train: int | None = None) -> list[dict]:
 
 def run(args) -> int:
     s = settings_from_args(args)
-    try:
-        sources.parse_source(s["data"])
-    except sources.DataSourceError as e:
-        raise common.UsageError(str(e)) from None
+    common.check_source(s["data"])
     make_configs(s)  # every config checked before any data is read
     out = common.prepare_out_dir(args.out or os.path.join("runs", f"{NAME}-{args.preset}"))
-    try:
-        dataset = sources.load_source(s["data"], data_dir=args.data_dir).to_device()  # once, for all groups
-    except sources.DataSourceError as e:
-        raise common.UsageError(str(e)) from None
+    dataset = common.load_data(s["data"], args.data_dir)
     configs = make_configs(s, dataset.num_train)  # now also checks batch size <= training set
-    return run_configs_to(out, configs, dataset, s, loop=args.loop, chunk_size=args.chunk_size)
-
-
-def run_configs_to(
-    out: str, configs: list[dict], dataset, settings: dict, *, loop="auto", chunk_size=None
-) -> int:
-    from asgd_jax.sweep import group_configs, run_group
-
-    results = common.ResultsFile(os.path.join(out, "results.jsonl"))
-    if results.skipped_lines:
-        print(
-            f"warning: skipped {results.skipped_lines} unreadable line(s) of {results.path} (a killed run?)"
-        )
-    todo = [c for c in configs if not results.has(c)]
-    groups = group_configs(todo)
-    with open(os.path.join(out, "study.json"), "w", encoding="utf-8") as f:
-        json.dump({"study": NAME, "settings": settings, "num_configs": len(configs)}, f, indent=2)
-    print(
-        f"{NAME}: {len(configs)} configs on {dataset.name} ({dataset.num_train} train / {dataset.num_test} test), "
-        f"{len(configs) - len(todo)} already in {results.path}; {len(groups)} group(s) to run"
+    records, ran, wall = common.run_sweep(
+        NAME, out, configs, dataset, s, loop=args.loop, chunk_size=args.chunk_size
     )
-    t0 = time.perf_counter()
-    with common.progress(total=len(todo), desc="configs", unit="cfg", position=0) as bar:
-        for g in groups:
-            tc = g.train_config
-            bar.set_postfix_str(f"group bs={tc.batch_size} max_delay={tc.max_delay} ({len(g.configs)} cfgs)")
-            epochs = common.progress(total=tc.epochs, desc="  epochs", unit="ep", position=1, leave=False)
-
-            def on_epoch(ci, e, metrics, epochs=epochs):
-                if e == 0:
-                    epochs.reset()
-                epochs.update(1)
-                epochs.set_postfix_str(f"acc={np.nanmax(metrics['test_accuracy']):.3f}")
-
-            def on_chunk(chunk_results):
-                results.append(chunk_results)
-                bar.update(len(chunk_results))
-
-            run_group(g, dataset, loop=loop, chunk_size=chunk_size, on_epoch=on_epoch, on_chunk=on_chunk)
-            epochs.close()
-    wall = time.perf_counter() - t0
-    records = results.select(configs)
+    heatmap = os.path.join(out, "heatmap.png")
     plots.delay_heatmaps(
         records,
-        os.path.join(out, "heatmap.png"),
-        title=f"{settings['model']} on {settings['data']}, {settings['optimizer']}, "
-        f"{settings['epochs']} epochs: final test accuracy",
+        heatmap,
+        title=f"{s['model']} on {s['data']}, {s['optimizer']}, {s['epochs']} epochs: final test accuracy",
     )
     print(summary_table(records))
-    print(
-        f"ran {len(todo)} configs in {wall:.1f} s; wrote {results.path} and {os.path.join(out, 'heatmap.png')}"
-    )
+    print(f"ran {ran} configs in {wall:.1f} s; wrote {os.path.join(out, 'results.jsonl')} and {heatmap}")
     return 0
 
 
