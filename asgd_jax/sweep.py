@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from asgd_jax.train import OPTIMIZERS, TrainConfig, Trainer, normalize_hparams, run_configs
+from asgd_jax.train import GENERIC_HPARAMS, OPTIMIZERS, TrainConfig, Trainer, normalize_hparams, run_configs
 
 __all__ = [
     "STATIC_FIELDS",
@@ -98,7 +98,7 @@ def normalize_config(config: Mapping[str, Any], num_train: int | None = None) ->
         **described,
         **static,
         "seed": int(seed),
-        **{k: (int(v) if k == "delay" else float(v)) for k, v in hp.items()},
+        **{k: (int(v) if k in GENERIC_HPARAMS else float(v)) for k, v in hp.items()},
     }
 
 
@@ -120,7 +120,7 @@ class Group:
     configs: tuple[dict[str, Any], ...]
 
     def hparam_names(self) -> list[str]:
-        return ["learning_rate", "delay", *OPTIMIZERS[self.train_config.optimizer]]
+        return ["learning_rate", *GENERIC_HPARAMS, *OPTIMIZERS[self.train_config.optimizer]]
 
 
 def group_configs(configs: Sequence[Mapping[str, Any]], *, eval_batch_size: int = 1000) -> list[Group]:
@@ -202,7 +202,8 @@ def run_group(
         chunk = configs[start : start + size]
         keys = jax.vmap(jax.random.key)(jnp.asarray([c["seed"] for c in chunk], jnp.uint32))
         hparams = {
-            n: jnp.asarray([c[n] for c in chunk], jnp.int32 if n == "delay" else jnp.float32) for n in names
+            n: jnp.asarray([c[n] for c in chunk], jnp.int32 if n in GENERIC_HPARAMS else jnp.float32)
+            for n in names
         }
         t0 = time.perf_counter()
         cb = None if on_epoch is None else (lambda e, m, ci=ci: on_epoch(ci, e, m))

@@ -29,6 +29,7 @@ from asgd_jax.models import make_model
 
 __all__ = [
     "OPTIMIZERS",
+    "GENERIC_HPARAMS",
     "TrainConfig",
     "TrainState",
     "Trainer",
@@ -47,6 +48,9 @@ OPTIMIZERS: dict[str, dict[str, float]] = {
     "adagrad": {"initial_accumulator_value": 0.1, "eps": 1e-7},
 }
 _FACTORIES = {"sgd": optax.sgd, "adam": optax.adam, "adagrad": optax.adagrad}
+# Hyperparameters of every family, with defaults: the delay in steps, and the length of a
+# linear learning-rate warm-up in steps (0: none). Both are integers.
+GENERIC_HPARAMS: dict[str, int] = {"delay": 0, "warmup_steps": 0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +109,7 @@ class TrainState(NamedTuple):
     step: jax.Array  # int32: step within the epoch
     epoch: jax.Array  # int32: epochs completed
     loss_sum: jax.Array  # float32: sum of this epoch's training losses
+    warmup_steps: jax.Array  # float32: length of the linear learning-rate warm-up (0: none)
     nonfinite: jax.Array  # bool: a non-finite loss or parameter was seen
     diverged: jax.Array  # bool: nonfinite, or the model collapsed at an epoch end
 
@@ -117,7 +122,7 @@ def with_defaults(optimizer: str, hparams: Mapping[str, Any]) -> dict[str, Any]:
     """
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {sorted(OPTIMIZERS)}.")
-    allowed = {"learning_rate", "delay", *OPTIMIZERS[optimizer]}
+    allowed = {"learning_rate", *GENERIC_HPARAMS, *OPTIMIZERS[optimizer]}
     unknown = set(hparams) - allowed
     if unknown:
         raise ValueError(
@@ -126,7 +131,7 @@ def with_defaults(optimizer: str, hparams: Mapping[str, Any]) -> dict[str, Any]:
         )
     if "learning_rate" not in hparams:
         raise ValueError("every config needs a learning_rate.")
-    return {**OPTIMIZERS[optimizer], "delay": 0, **hparams}
+    return {**OPTIMIZERS[optimizer], **GENERIC_HPARAMS, **hparams}
 
 
 def normalize_hparams(
@@ -148,7 +153,10 @@ def normalize_hparams(
         raise ValueError(f"delay must be a non-negative integer number of steps, got {delay!r}.")
     if max_delay is not None and delay > max_delay:
         raise ValueError(f"delay={delay} exceeds max_delay={max_delay}; raise max_delay to at least {delay}.")
-    out["delay"] = int(delay)
+    warmup = out["warmup_steps"]
+    if isinstance(warmup, bool) or int(warmup) != warmup or warmup < 0:
+        raise ValueError(f"warmup_steps must be a non-negative integer (0: no warm-up), got {warmup!r}.")
+    out["delay"], out["warmup_steps"] = int(delay), int(warmup)
     return out
 
 
@@ -162,7 +170,7 @@ def make_optimizer(
     so ``update`` reads them from the state and one compiled step serves every
     config of a vmapped group.
     """
-    opt_kwargs = {k: v for k, v in hparams.items() if k != "delay"}
+    opt_kwargs = {k: v for k, v in hparams.items() if k not in GENERIC_HPARAMS}
     inner = optax.inject_hyperparams(_FACTORIES[optimizer])(**opt_kwargs)
     return delayed(inner, hparams["delay"], max_delay=max_delay)
 
@@ -213,6 +221,7 @@ class Trainer:
         params = self.model.init(init_key, jnp.zeros((1,) + self.input_shape, jnp.float32))["params"]
         hp = with_defaults(self.config.optimizer, hparams)
         hp = {k: jnp.asarray(v, jnp.int32 if k == "delay" else jnp.float32) for k, v in hp.items()}
+        warmup_steps = hp.pop("warmup_steps")
         tx = make_optimizer(self.config.optimizer, hp, self.config.max_delay)
         return TrainState(
             params=params,
@@ -222,6 +231,7 @@ class Trainer:
             step=jnp.zeros([], jnp.int32),
             epoch=jnp.zeros([], jnp.int32),
             loss_sum=jnp.zeros([], jnp.float32),
+            warmup_steps=warmup_steps,
             nonfinite=jnp.zeros([], bool),
             diverged=jnp.zeros([], bool),
         )
@@ -236,6 +246,13 @@ class Trainer:
         idx = jax.lax.dynamic_slice_in_dim(state.order, state.step * b, b)
         loss, grads = jax.value_and_grad(self.loss)(state.params, x_train[idx], y_train[idx])
         updates, opt_state = self._update_tx.update(grads, state.opt_state, state.params)
+        # Linear warm-up: the step-t update is scaled by min(1, (t + 1) / W), t counting
+        # gradients from 0. For SGD, Adam and Adagrad the learning rate is optax's last,
+        # multiplicative stage, so this is exactly the learning rate lr * min(1, (t + 1) / W).
+        t = (state.epoch * self.steps_per_epoch + state.step).astype(jnp.float32)
+        w = state.warmup_steps
+        factor = jnp.where(w > 0, jnp.minimum(1.0, (t + 1.0) / jnp.maximum(w, 1.0)), 1.0)
+        updates = jax.tree.map(lambda u: u * factor.astype(u.dtype), updates)
         params = optax.apply_updates(state.params, updates)
         return state._replace(
             params=params,
@@ -354,7 +371,8 @@ def make_train(
     """Returns a pure ``train(key, hparams) -> metrics`` for one static config.
 
     ``hparams`` holds ``learning_rate``, optionally ``delay`` (``<= max_delay``,
-    default 0) and the optimizer family's own keys, defaulting to
+    default 0), ``warmup_steps`` (a linear learning-rate warm-up over that many
+    steps, default 0: none) and the optimizer family's own keys, defaulting to
     :data:`OPTIMIZERS` (e.g. ``momentum=0.9`` for SGD). ``key`` fixes the initial parameters and the data order. Metrics
     (``test_accuracy``, ``test_loss``, ``train_loss``, ``nonfinite``,
     ``collapsed``, ``diverged``; see :meth:`Trainer.end_epoch`) have a leading

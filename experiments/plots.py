@@ -157,3 +157,123 @@ def staleness_histogram(
         ax.set_title(title, fontsize=10)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def staleness_vs_workers(
+    workers: Sequence[int],
+    means: Sequence[float],
+    stds: Sequence[float],
+    path: str,
+    *,
+    fit: Mapping | None = None,
+    sigma: float | None = None,
+    title: str = "",
+) -> None:
+    """Jain et al. Figure 1 over N: mean staleness ± std against N (log-2 axes) with the ``N − 1`` line.
+
+    Left panel: the mean with error bars of one std and the line ``N − 1``. Right
+    panel: the std against N; ``fit`` (``{"coef", "slope", "workers"}``: std ≈
+    ``coef · (N − 1)^slope`` fitted over the N in ``workers``) adds the fitted
+    power law, ``sigma`` the reference line ``sigma · (N − 1)``. Points with a
+    non-positive value cannot be drawn on the log axes and are left out.
+    """
+    plt = _pyplot()
+    n = np.asarray(workers, dtype=float)
+    mean = np.asarray(means, dtype=float)
+    std = np.asarray(stds, dtype=float)
+    grid = np.geomspace(max(n.min(), 1.5), n.max(), 200) if n.max() > 1 else n
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12.0, 4.8), constrained_layout=True)
+    ax.plot(grid, grid - 1, color="black", ls="--", lw=1.5, label="N − 1 (the paper's centre)")
+    shown = mean > 0
+    ax.errorbar(
+        n[shown],
+        mean[shown],
+        yerr=std[shown],
+        fmt="o",
+        color="tab:blue",
+        ecolor="tab:blue",
+        capsize=4,
+        ms=5,
+        label="simulated mean ± 1 std",
+    )
+    bx_shown = std > 0
+    bx.plot(n[bx_shown], std[bx_shown], "o", color="tab:orange", ms=5, label="simulated std")
+    if fit is not None:
+        fn = np.asarray(fit["workers"], dtype=float)
+        fx = np.geomspace(fn.min(), fn.max(), 100)
+        bx.plot(
+            fx,
+            fit["coef"] * (fx - 1) ** fit["slope"],
+            color="tab:orange",
+            lw=1.5,
+            label=f"fit: std ∝ (N − 1)^{fit['slope']:.2f} (N = {int(fn.min())}…{int(fn.max())})",
+        )
+    if sigma is not None and sigma > 0:
+        bx.plot(grid, sigma * (grid - 1), color="gray", ls=":", lw=1.5, label=f"σ·(N − 1), σ = {sigma:g}")
+    ticks = sorted({int(v) for v in n})
+    for a, ylabel in ((ax, "staleness τ (server updates)"), (bx, "std of the staleness")):
+        a.set_xscale("log", base=2)
+        a.set_yscale("log", base=2)
+        a.set_xticks(ticks, [str(t) for t in ticks])
+        a.minorticks_off()
+        a.set_xlabel("workers N (log₂ scale)")
+        a.set_ylabel(ylabel + " (log₂ scale)")
+        a.grid(True, which="major", alpha=0.3)
+        a.legend(loc="upper left", fontsize=9)
+    if shown.any():
+        ax.set_ylim(bottom=0.5 * mean[shown].min())
+    ax.set_title("mean staleness against N", fontsize=10)
+    bx.set_title("spread of the staleness against N", fontsize=10)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def staleness_histogram_panels(panels: Sequence[Mapping], path: str, *, title: str = "", max_bins: int = 60):
+    """Small multiples of :func:`staleness_histogram`, one panel per N.
+
+    Each panel is a mapping with ``workers``, ``staleness`` and ``count`` (the
+    integer bins and their counts), ``mu`` and ``sigma`` (the normal fit). A
+    histogram with more than ``max_bins`` integer bins is drawn in wider bins of
+    ``w`` consecutive integers (``w`` named in the panel title), still as a
+    density per unit of staleness.
+    """
+    plt = _pyplot()
+    k = len(panels)
+    cols = min(k, 3)
+    rows = math.ceil(k / cols)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(4.3 * cols, 3.3 * rows + 0.5), squeeze=False, constrained_layout=True
+    )
+    for i, p in enumerate(panels):
+        ax = axes[i // cols][i % cols]
+        values = np.asarray(p["staleness"], dtype=int)
+        counts = np.asarray(p["count"], dtype=float)
+        total = counts.sum()
+        width = max(1, math.ceil(len(values) / max_bins))
+        if width > 1:
+            pad = (-len(counts)) % width
+            counts = np.concatenate([counts, np.zeros(pad)]).reshape(-1, width).sum(axis=1)
+            left = values[0] + width * np.arange(len(counts))
+            centres = left + (width - 1) / 2
+        else:
+            centres = values.astype(float)
+        ax.bar(centres, counts / (total * width), width=width, color="tab:blue", alpha=0.6, edgecolor="white")
+        mu, sigma, n = p["mu"], p["sigma"], p["workers"]
+        if sigma is not None and sigma > 0:
+            x = np.linspace(min(values.min(), mu - 4 * sigma), max(values.max(), mu + 4 * sigma), 300)
+            pdf = np.exp(-0.5 * ((x - mu) / sigma) ** 2) / (sigma * math.sqrt(2 * math.pi))
+            ax.plot(x, pdf, color="tab:red", lw=1.8, label=f"normal fit μ={mu:.2f}, σ={sigma:.2f}")
+        ax.axvline(n - 1, color="black", ls="--", lw=1.2, label=f"N − 1 = {n - 1}")
+        ax.set_title(f"N = {n}, {int(total)} arrivals" + (f", bins of {width}" if width > 1 else ""), fontsize=10)
+        ax.set_xlabel("staleness τ", fontsize=9)
+        ax.set_ylabel("density", fontsize=9)
+        ax.set_ylim(bottom=0)
+        ax.legend(loc="upper right", fontsize=7.5)
+    for i in range(k, rows * cols):
+        axes[i // cols][i % cols].axis("off")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -24,8 +24,15 @@ def test_expand_grid_empty_axis():
 def test_normalize_config_fills_defaults():
     c = sweep.normalize_config({"learning_rate": 0.1, "batch_size": 32, "epochs": 2})
     assert c == {
-        "model": "lenet5", "optimizer": "sgd", "batch_size": 32, "epochs": 2, "seed": 0,
-        "momentum": 0.9, "delay": 0, "learning_rate": 0.1,
+        "model": "lenet5",
+        "optimizer": "sgd",
+        "batch_size": 32,
+        "epochs": 2,
+        "seed": 0,
+        "momentum": 0.9,
+        "delay": 0,
+        "warmup_steps": 0,
+        "learning_rate": 0.1,
     }
     a = sweep.normalize_config({"optimizer": "adam", "learning_rate": 1e-3, "batch_size": 8, "epochs": 1})
     assert a["b1"] == 0.9 and a["b2"] == 0.999 and a["eps"] == 1e-8 and "momentum" not in a
@@ -37,6 +44,7 @@ def test_normalize_config_fills_defaults():
         ({"learning_rate": -0.1}, "learning_rate must be a positive"),
         ({"learning_rate": 0.0}, "learning_rate must be a positive"),
         ({"learning_rate": 0.1, "delay": -1}, "delay must be a non-negative"),
+        ({"learning_rate": 0.1, "warmup_steps": -5}, "warmup_steps must be a non-negative"),
         ({"learning_rate": 0.1, "batch_size": 0}, "batch_size must be a positive"),
         ({"learning_rate": 0.1, "batch_size": 101}, "larger than the training set"),
         ({"learning_rate": 0.1, "seed": -3}, "seed"),
@@ -82,8 +90,14 @@ def test_results_do_not_depend_on_chunking():
     configs = [
         sweep.normalize_config(c)
         for c in sweep.expand_grid(
-            {"model": "mlp", "learning_rate": [0.05, 0.2], "delay": [0, 2], "seed": [0, 1],
-             "batch_size": 16, "epochs": 2}
+            {
+                "model": "mlp",
+                "learning_rate": [0.05, 0.2],
+                "delay": [0, 2],
+                "seed": [0, 1],
+                "batch_size": 16,
+                "epochs": 2,
+            }
         )
     ]
     (group,) = sweep.group_configs(configs)

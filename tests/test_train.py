@@ -246,6 +246,23 @@ class StepTest(chex.TestCase):
             expected = jax.tree.map(lambda p, g, k=k: p - k * lr * g, params0, grad0)
             chex.assert_trees_all_close(history[t], expected, rtol=1e-5, atol=1e-6)
 
+    def test_warmup_scales_the_learning_rate_linearly(self):
+        # warmup_steps W = 4, momentum 0, delay 0, full batch: step t (from 0) moves the parameters by
+        # lr * min(1, (t + 1) / W) * grad(params_t); checked for t = 0..5 against a hand-written gradient.
+        lr, w = 0.3, 4
+        trainer, init, step = _full_batch_fns()
+        hp = {**_hp(lr, delay=0, momentum=0.0), "warmup_steps": jnp.asarray(w)}
+        state = init(trainer.data, jax.random.key(3), hp)
+        x, y = jnp.asarray(_dataset().x_train), jnp.asarray(_dataset().y_train)
+        for t in range(6):
+            before = state.params
+            expected = jax.tree.map(
+                lambda p, g, t=t: p - lr * min(1.0, (t + 1) / w) * g, before, _grad_ce(before, x, y)
+            )
+            state = step(trainer.data, state)
+            chex.assert_trees_all_close(state.params, expected, rtol=1e-5, atol=1e-6)
+            state = state._replace(step=jnp.zeros_like(state.step), epoch=state.epoch + 1)
+
     def test_evaluate_with_ragged_chunks(self):
         # 64 test images in chunks of 24: 3 chunks, the last padded by 8 (masked out).
         cfg = TrainConfig(model="mlp", batch_size=32, epochs=1, eval_batch_size=24)
@@ -286,7 +303,7 @@ class BadInputTest(chex.TestCase):
         # Defaults are filled in and the delay becomes an int.
         self.assertEqual(
             normalize_hparams("sgd", {"learning_rate": 0.1}),
-            {"learning_rate": 0.1, "delay": 0, "momentum": 0.9},
+            {"learning_rate": 0.1, "delay": 0, "warmup_steps": 0, "momentum": 0.9},
         )
         out = normalize_hparams("adam", {"learning_rate": 1e-3, "delay": 2.0}, max_delay=2)
         self.assertEqual(out["delay"], 2)
