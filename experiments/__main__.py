@@ -10,6 +10,8 @@ import sys
 STUDIES = {
     "delay_sweep": "experiments.delay_sweep",
     "delay_distribution": "experiments.delay_distribution",
+    "adam_vs_sgd": "experiments.adam_vs_sgd",
+    "warmup": "experiments.warmup",
     "benchmark": "experiments.benchmark",
 }
 
