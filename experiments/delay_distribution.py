@@ -23,12 +23,12 @@ stay in phase longer (about ``0.2 / sigma^2`` rounds: 80 for ``sigma = 0.05``,
 which ``--warmup 1600`` covers for 16 workers); raise ``--warmup`` then.
 
 Writes to ``--out`` (default ``runs/delay_distribution``): ``summary.json``
-(settings; mean, std, min, max of the staleness; the maximum-likelihood normal
-fit, i.e. the sample mean and the sample std with ddof = 0; the expected mean
-``N - 1``; the histogram counts), ``histogram.png`` (the histogram in integer
-bins as a density, the fitted normal pdf and a line at ``N - 1``) and
-``staleness.npy`` (int32, the recorded staleness in arrival order) and
-``report.md`` (the numbers beside the paper's claim).
+(settings; mean, std, min, max, skewness and excess kurtosis of the staleness;
+the maximum-likelihood normal fit, i.e. the sample mean and the sample std with
+ddof = 0; the expected mean ``N - 1``; the histogram counts), ``histogram.png``
+(the histogram in integer bins as a density, the fitted normal pdf and a line at
+``N - 1``), ``staleness.npy`` (int32, the recorded staleness in arrival order)
+and ``report.md`` (the numbers beside the paper's claim).
 
 N sweep (the paper's figure over N). ``--preset quick|medium|paper`` runs one
 simulation per N and writes to ``--out`` (default
@@ -36,7 +36,8 @@ simulation per N and writes to ``--out`` (default
 
 - ``paper``: N = 2, 3, 5, 9, 17, 33, 65, 129, 257 (powers of two plus one, so
   ``N - 1`` = 1 ... 256, the delays of the paper's Figure 3), ``max(20000, 100 N)``
-  arrivals per N (the single-N default); about a second per N on a 2-core CPU.
+  arrivals per N (the single-N default); 1-2 s per N, mostly compilation (17 s in
+  all on a busy 2-core CPU).
 - ``medium``: the same N, ``max(10000, 50 N)`` arrivals.
 - ``quick``: N = 2, 5, 17, 65, 257, ``max(2000, 20 N)`` arrivals (seconds).
 
@@ -47,7 +48,7 @@ the ``paper`` run lengths into ``runs/delay_distribution-sweep``.
 ``--arrivals`` and ``--warmup`` given with a sweep apply to every N. ``--workers``
 means one N: it cannot be combined with ``--preset`` or ``--workers-list`` (a
 one-line error names the flag to use). Neither given: the single-N mode with
-``--workers`` (default 16), exactly as before.
+``--workers`` (default 16) described above.
 
 A sweep writes ``results.jsonl`` (one JSON object per N: ``config_id``, the
 settings, mean, std, min, max, skewness, excess kurtosis, the normal fit, the
@@ -95,9 +96,9 @@ PAPER_WORKERS = [2, 3, 5, 9, 17, 33, 65, 129, 257]  # N - 1 = 1, 2, 4, ..., 256
 WARMUP_ROUNDS = 10  # warm-up arrivals per worker, every mode
 # An N sweep: the N and the arrivals recorded per N, max(min_arrivals, arrivals_per_worker * N).
 PRESETS = {
-    "quick": dict(workers=[2, 5, 17, 65, 257], min_arrivals=2000, arrivals_per_worker=20),
-    "medium": dict(workers=PAPER_WORKERS, min_arrivals=10000, arrivals_per_worker=50),
-    "paper": dict(workers=PAPER_WORKERS, min_arrivals=20000, arrivals_per_worker=100),
+    "quick": {"workers": [2, 5, 17, 65, 257], "min_arrivals": 2000, "arrivals_per_worker": 20},
+    "medium": {"workers": PAPER_WORKERS, "min_arrivals": 10000, "arrivals_per_worker": 50},
+    "paper": {"workers": PAPER_WORKERS, "min_arrivals": 20000, "arrivals_per_worker": 100},
 }
 SINGLE = PRESETS["paper"]  # the single-N run lengths
 PAPER_TIMING = {"model": "normal", "mean": 1.0, "sigma": 0.2}
@@ -382,7 +383,9 @@ def run(args) -> int:
     )
     print(f"  normal fit: mu = {fit['mu']:.3f}, sigma = {fit['sigma']:.3f}")
     _write_text(os.path.join(out, "report.md"), single_report(summary))
-    print(f"  simulated in {wall:.1f} s; wrote summary.json, histogram.png, staleness.npy, report.md to {out}")
+    print(
+        f"  simulated in {wall:.1f} s; wrote summary.json, histogram.png, staleness.npy, report.md to {out}"
+    )
     return 0
 
 
@@ -397,8 +400,10 @@ def run_sweep(args, preset: str | None, settings: list[dict]) -> int:
     out = common.prepare_out_dir(out)
     results = common.ResultsFile(os.path.join(out, "results.jsonl"))
     if results.skipped_lines:
-        print(f"warning: skipped {results.skipped_lines} unreadable line(s) of {results.path} (a killed run?)")
-    configs = [dict(study=NAME, **s) for s in settings]
+        print(
+            f"warning: skipped {results.skipped_lines} unreadable line(s) of {results.path} (a killed run?)"
+        )
+    configs = [{"study": NAME, **s} for s in settings]
     todo = [(c, s) for c, s in zip(configs, settings) if not results.has(c)]
     ns = [s["workers"] for s in settings]
     label = timing_label(settings[-1]["timing"], ns[-1])
@@ -414,7 +419,7 @@ def run_sweep(args, preset: str | None, settings: list[dict]) -> int:
         staleness = simulate(s)
         summary = summarize(staleness, s)
         summary["wall_s"] = time.perf_counter() - t0
-        results.append([dict(config_id=config_id(c), **summary)])
+        results.append([{"config_id": config_id(c), **summary}])
         print(
             f"  N = {s['workers']:>4}: {summary['arrivals']} arrivals, mean {summary['mean']:.3f} "
             f"(N - 1 = {s['workers'] - 1}), std {summary['std']:.3f}, min {summary['min']}, "
@@ -432,17 +437,18 @@ def run_sweep(args, preset: str | None, settings: list[dict]) -> int:
         os.path.join(out, "mean_vs_workers.png"),
         fit=growth["large"] or growth["all"],
         sigma=sigma,
-        title=title + f"\n{records[0]['assignment']} assignment; arrivals per N: "
+        title=title
+        + f"\n{records[0]['assignment']} assignment; arrivals per N: "
         + ", ".join(str(r["arrivals"]) for r in records),
     )
     panels = [
-        dict(
-            workers=r["workers"],
-            staleness=r["histogram"]["staleness"],
-            count=r["histogram"]["count"],
-            mu=r["normal_fit"]["mu"],
-            sigma=r["normal_fit"]["sigma"],
-        )
+        {
+            "workers": r["workers"],
+            "staleness": r["histogram"]["staleness"],
+            "count": r["histogram"]["count"],
+            "mu": r["normal_fit"]["mu"],
+            "sigma": r["normal_fit"]["sigma"],
+        }
         for r in histogram_picks(records)
     ]
     plots.staleness_histogram_panels(panels, os.path.join(out, "histograms.png"), title=title)
@@ -476,7 +482,7 @@ def _loglog_fit(rs: list[dict]) -> dict:
     x = np.log([r["workers"] - 1 for r in rs])
     y = np.log([r["std"] for r in rs])
     slope, intercept = np.polyfit(x, y, 1)
-    return dict(slope=float(slope), coef=float(np.exp(intercept)), workers=[r["workers"] for r in rs])
+    return {"slope": float(slope), "coef": float(np.exp(intercept)), "workers": [r["workers"] for r in rs]}
 
 
 def std_growth(records: list[dict]) -> dict:
@@ -521,10 +527,11 @@ def _paper_note(records: list[dict]) -> str:
     """A sentence naming how the settings differ from the paper's, or '' when they match."""
     diffs = []
     timing = records[0]["timing"]
-    if {k: v for k, v in timing.items() if k in ("model", "mean", "sigma")} != PAPER_TIMING:
-        diffs.append(f"compute time ~ {timing_label({**timing, 'stragglers': None} if False else timing, 2)}")
+    base = {k: v for k, v in timing.items() if k not in ("stragglers", "slowdown", "straggler_workers")}
+    if base != PAPER_TIMING:
+        diffs.append(f"compute time ~ {timing_label(base, 2)}")
     if "stragglers" in timing:
-        diffs.append(f"a fraction {timing['stragglers']:g} of stragglers {timing['slowdown']:g}× slower")
+        diffs.append(f"the last round({timing['stragglers']:g} N) workers {timing['slowdown']:g}× slower")
     if records[0]["assignment"] != "pure":
         diffs.append(f"{records[0]['assignment']} assignment")
     if not diffs:
@@ -568,6 +575,13 @@ def sweep_report(records: list[dict], preset: str | None, growth: dict) -> str:
             f"{min(ku):.3f} and {max(ku):.3f} (both 0 for a normal distribution); the largest abs(skewness) is "
             f"at N = {ws}, the largest abs(excess kurtosis) at N = {wk}."
         )
+        if len(shaped) >= 2:
+            first, last = shaped[0], shaped[-1]
+            shape += (
+                f" From N = {first['workers']} to N = {last['workers']}, abs(skewness) goes from "
+                f"{abs(first['skewness']):.3f} to {abs(last['skewness']):.3f} and abs(excess kurtosis) from "
+                f"{abs(first['excess_kurtosis']):.3f} to {abs(last['excess_kurtosis']):.3f}."
+            )
         if len(shaped) < len(records):
             shape += " N with std 0 (a single value) have neither and are left out."
         shape += (
@@ -597,9 +611,7 @@ def sweep_report(records: list[dict], preset: str | None, growth: dict) -> str:
             spread += "."
     walls = [r.get("wall_s") for r in records]
     wall = f"{sum(walls):.1f} s" if all(w is not None for w in walls) else "not recorded"
-    lengths = (
-        f"the `{preset}` preset" if preset else "`--workers-list` with the paper preset's run lengths"
-    )
+    lengths = f"the `{preset}` preset" if preset else "`--workers-list` with the paper preset's run lengths"
     settings = (
         f"N = {', '.join(map(str, ns))} ({lengths}); compute time ~ {timing_label(timing, ns[-1])}; "
         f"{records[0]['assignment']} assignment; seed {records[0]['seed']}. Per N, a warm-up of "
@@ -652,16 +664,21 @@ def single_report(summary: dict) -> str:
         [
             f"# Staleness of {n} asynchronous workers (Jain et al. 2018, Figure 1)",
             "",
-            f"Compute time ~ {timing_label(summary['timing'], n)}; {summary['assignment']} assignment; seed "
-            f"{summary['seed']}; {summary['arrivals']} arrivals recorded after a warm-up of {summary['warmup']}.",
+            (
+                f"Compute time ~ {timing_label(summary['timing'], n)}; {summary['assignment']} assignment; "
+                f"seed {summary['seed']}; {summary['arrivals']} arrivals recorded after a warm-up of "
+                f"{summary['warmup']}."
+            ),
             "",
             markdown_table([summary]),
             "",
             PAPER_CLAIM + _paper_note([summary]),
             "",
-            f"**Measured:** mean {summary['mean']:.4f} against N − 1 = {n - 1}, abs(mean − (N − 1)) = "
-            f"{dev:.4f}{rel}; std {summary['std']:.3f}; {shape}. Histogram with the normal fit: "
-            "`histogram.png`; an N sweep: `--preset quick|medium|paper`.",
+            (
+                f"**Measured:** mean {summary['mean']:.4f} against N − 1 = {n - 1}, abs(mean − (N − 1)) = "
+                f"{dev:.4f}{rel}; std {summary['std']:.3f}; {shape}. Histogram with the normal fit: "
+                "`histogram.png`; an N sweep: `--preset quick|medium|paper`."
+            ),
             "",
         ]
     )

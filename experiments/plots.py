@@ -182,7 +182,7 @@ def staleness_vs_workers(
     mean = np.asarray(means, dtype=float)
     std = np.asarray(stds, dtype=float)
     grid = np.geomspace(max(n.min(), 1.5), n.max(), 200) if n.max() > 1 else n
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12.0, 4.8), constrained_layout=True)
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12.0, 4.8), sharex=True, constrained_layout=True)
     ax.plot(grid, grid - 1, color="black", ls="--", lw=1.5, label="N − 1 (the paper's centre)")
     shown = mean > 0
     ax.errorbar(
@@ -210,18 +210,25 @@ def staleness_vs_workers(
         )
     if sigma is not None and sigma > 0:
         bx.plot(grid, sigma * (grid - 1), color="gray", ls=":", lw=1.5, label=f"σ·(N − 1), σ = {sigma:g}")
+    if not bx_shown.any():
+        bx.text(0.5, 0.5, "std 0 at every N", ha="center", va="center", transform=bx.transAxes)
     ticks = sorted({int(v) for v in n})
-    for a, ylabel in ((ax, "staleness τ (server updates)"), (bx, "std of the staleness")):
+    for a, ylabel, drawn in (
+        (ax, "staleness τ (server updates)", shown.any() or n.max() > 1),
+        (bx, "std of the staleness", bx_shown.any()),
+    ):
         a.set_xscale("log", base=2)
-        a.set_yscale("log", base=2)
+        if drawn:  # a log axis needs a positive value
+            a.set_yscale("log", base=2)
+            a.legend(loc="upper left", fontsize=9)
         a.set_xticks(ticks, [str(t) for t in ticks])
         a.minorticks_off()
         a.set_xlabel("workers N (log₂ scale)")
-        a.set_ylabel(ylabel + " (log₂ scale)")
+        a.set_ylabel(ylabel + (" (log₂ scale)" if drawn else ""))
         a.grid(True, which="major", alpha=0.3)
-        a.legend(loc="upper left", fontsize=9)
     if shown.any():
-        ax.set_ylim(bottom=0.5 * mean[shown].min())
+        lows = mean[shown] - std[shown]
+        ax.set_ylim(bottom=0.5 * min(mean[shown].min(), lows[lows > 0].min(initial=np.inf)))
     ax.set_title("mean staleness against N", fontsize=10)
     bx.set_title("spread of the staleness against N", fontsize=10)
     if title:
@@ -259,17 +266,22 @@ def staleness_histogram_panels(panels: Sequence[Mapping], path: str, *, title: s
             centres = left + (width - 1) / 2
         else:
             centres = values.astype(float)
-        ax.bar(centres, counts / (total * width), width=width, color="tab:blue", alpha=0.6, edgecolor="white")
+        density = counts / (total * width)
+        ax.bar(centres, density, width=width, color="tab:blue", alpha=0.6, edgecolor="white")
+        top = density.max()
         mu, sigma, n = p["mu"], p["sigma"], p["workers"]
         if sigma is not None and sigma > 0:
             x = np.linspace(min(values.min(), mu - 4 * sigma), max(values.max(), mu + 4 * sigma), 300)
             pdf = np.exp(-0.5 * ((x - mu) / sigma) ** 2) / (sigma * math.sqrt(2 * math.pi))
             ax.plot(x, pdf, color="tab:red", lw=1.8, label=f"normal fit μ={mu:.2f}, σ={sigma:.2f}")
+            top = max(top, pdf.max())
         ax.axvline(n - 1, color="black", ls="--", lw=1.2, label=f"N − 1 = {n - 1}")
-        ax.set_title(f"N = {n}, {int(total)} arrivals" + (f", bins of {width}" if width > 1 else ""), fontsize=10)
+        ax.set_title(
+            f"N = {n}, {int(total)} arrivals" + (f", bins of {width}" if width > 1 else ""), fontsize=10
+        )
         ax.set_xlabel("staleness τ", fontsize=9)
         ax.set_ylabel("density", fontsize=9)
-        ax.set_ylim(bottom=0)
+        ax.set_ylim(0, 1.35 * top)  # room for the legend above the peak
         ax.legend(loc="upper right", fontsize=7.5)
     for i in range(k, rows * cols):
         axes[i // cols][i % cols].axis("off")

@@ -177,3 +177,133 @@ def test_unknown_option(capsys):
         main(["delay_distribution", "--no-such-option", "1"])
     assert e.value.code == 2
     assert "unrecognized arguments: --no-such-option" in capsys.readouterr().err
+
+
+# ---- N sweep: --preset quick|medium|paper, --workers-list ----------------------------------------------
+
+RECORD_KEYS = SUMMARY_KEYS | {"config_id", "study", "skewness", "excess_kurtosis", "wall_s"}
+
+
+def run_sweep(out, *argv):
+    assert main(["delay_distribution", "--out", str(out), *argv]) == 0
+    lines = (out / "results.jsonl").read_text().splitlines()
+    return lines, [json.loads(line) for line in lines]
+
+
+def test_sweep_writes_results_plots_report_and_reruns_safely(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    # a quick-like sweep with tiny runs; N listed out of order and twice: sorted, duplicates dropped
+    lines, records = run_sweep(out, "--preset", "quick", "--workers-list", "3,2,3", "--arrivals", "200")
+    assert [r["workers"] for r in records] == [2, 3]
+    for r in records:
+        assert RECORD_KEYS <= set(r)
+        n = r["workers"]
+        assert (r["arrivals"], r["warmup"], r["expected_mean"]) == (200, 10 * n, n - 1)
+        assert r["timing"] == {"model": "normal", "mean": 1.0, "sigma": 0.2}
+        assert sum(r["histogram"]["count"]) == 200
+        assert abs(r["mean"] - (n - 1)) < 0.1  # N jobs in flight: the mean is N - 1 up to a boundary term
+    for png in ("mean_vs_workers.png", "histograms.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (out / "report.md").read_text()
+    assert "close to normal, centred at N − 1" in report and "quick" in report
+    rows = [line for line in report.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [row.split("|")[1].strip() for row in rows] == ["2", "3"]
+    worst = max(records, key=lambda r: abs(r["mean"] - (r["workers"] - 1)))
+    assert f"is {abs(worst['mean'] - (worst['workers'] - 1)):.4f}, at N = {worst['workers']}" in report
+    assert not (out / "summary.json").exists() and not (out / "staleness.npy").exists()
+    capsys.readouterr()
+
+    # A rerun grown by one N simulates only that N and rewrites no line.
+    grown, records = run_sweep(out, "--preset", "quick", "--workers-list", "2,3,5", "--arrivals", "200")
+    assert "2 N already in" in capsys.readouterr().out
+    assert grown[:2] == lines and [r["workers"] for r in records] == [2, 3, 5]
+    rows = [line for line in (out / "report.md").read_text().splitlines() if line.startswith("| 5 |")]
+    assert len(rows) == 1
+
+
+def test_sweep_fixed_times_mean_exactly_n_minus_1(tmp_path):
+    # Equal fixed times (hand-derived, as in test_fixed_times_end_to_end_spike_at_n_minus_1): after the
+    # start-up every arrival has seen each of the other N - 1 workers arrive exactly once, so every N has
+    # mean N - 1, std 0, min = max = N - 1. N = 1: always 0.
+    out = tmp_path / "fixed"
+    _, records = run_sweep(out, "--workers-list", "1,2,4", "--timing", "fixed", "--arrivals", "50")
+    for r, n in zip(records, [1, 2, 4], strict=True):
+        assert (r["workers"], r["mean"], r["std"], r["min"], r["max"]) == (n, n - 1, 0.0, n - 1, n - 1)
+        assert r["histogram"] == {"staleness": [n - 1], "count": [50]}
+        assert r["skewness"] is None and r["excess_kurtosis"] is None  # undefined without spread
+    report = (out / "report.md").read_text()
+    assert "the largest abs(mean − (N − 1)) is 0.0000" in report
+    assert "These settings differ from the paper's" in report and "fixed 1" in report
+    assert (out / "mean_vs_workers.png").exists() and (out / "histograms.png").exists()
+
+
+def test_presets_n_and_run_lengths():
+    from experiments import delay_distribution as dd
+
+    assert dd.PRESETS["paper"]["workers"] == [2**k + 1 for k in range(9)]  # N - 1 = 1 ... 256
+    args = dd_args(preset="paper")
+    preset, settings = dd.sweep_from_args(args)
+    assert preset == "paper"
+    assert [(s["workers"], s["arrivals"], s["warmup"]) for s in settings][::4] == [
+        (2, 20000, 20),
+        (17, 20000, 170),
+        (257, 25700, 2570),
+    ]
+    assert settings[0]["timing"] == {"model": "normal", "mean": 1.0, "sigma": 0.2}
+    _, medium = dd.sweep_from_args(dd_args(preset="medium"))
+    _, quick = dd.sweep_from_args(dd_args(preset="quick"))
+    assert [s["arrivals"] for s in medium][-1] == 12850 and len(quick) == 5
+    assert dd.sweep_from_args(dd_args()) is None  # no --preset, no --workers-list: single-N mode
+
+
+def dd_args(**given):
+    from experiments.__main__ import build_parser
+
+    argv = ["delay_distribution"]
+    for k, v in given.items():
+        argv += ["--" + k.replace("_", "-"), str(v)]
+    return build_parser().parse_args(argv)
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--workers-list", "0,3"], "--workers-list: every N must be >= 1, got 0"),
+        (["--workers-list", "2,x"], "--workers-list: 'x' is not an integer"),
+        (["--workers-list", ","], "--workers-list needs at least one value"),
+        (["--preset", "huge"], "unknown --preset 'huge'; choose one of quick, medium, paper"),
+        (["--preset", "quick", "--workers", "8"], "--workers runs a single N and contradicts --preset"),
+        (["--workers", "8", "--workers-list", "2,4"], "contradicts --workers-list"),
+        (["--preset", "quick", "--arrivals", "0"], "--arrivals must be >= 1"),
+        (["--workers-list", "2", "--timing", "fixed", "--sigma", "0.1"], "--sigma does not apply"),
+    ],
+)
+def test_sweep_bad_input_one_line_error(tmp_path, capsys, argv, match):
+    out = tmp_path / "out"
+    assert main(["delay_distribution", "--out", str(out), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err
+    assert err.startswith("python -m experiments delay_distribution: error: ")
+    assert match in err
+    assert not out.exists()
+
+
+def test_modes_do_not_share_an_out_directory(tmp_path, capsys):
+    # Both modes write report.md: neither may overwrite the other's.
+    (tmp_path / "single").mkdir()
+    (tmp_path / "single" / "summary.json").write_text("{}")
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "results.jsonl").write_text("")
+    assert main(["delay_distribution", "--out", str(tmp_path / "single"), "--workers-list", "2"]) == 2
+    assert "holds a single-N run (summary.json)" in capsys.readouterr().err
+    assert main(["delay_distribution", "--out", str(tmp_path / "sweep"), "--workers", "2"]) == 2
+    assert "holds an N sweep (results.jsonl)" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["results.jsonl", "summary.json"]
+
+
+def test_single_n_report(tmp_path):
+    summary, _, out = run_study(tmp_path, "--workers", "3", "--timing", "fixed", "--arrivals", "30")
+    report = (out / "report.md").read_text()
+    assert "mean 2.0000 against N − 1 = 2, abs(mean − (N − 1)) = 0.0000" in report
+    assert "| 3 | 30 | 2.000 | 2 | 0.0000 | 0.000 |" in report
+    assert summary["skewness"] is None  # std 0: no shape
