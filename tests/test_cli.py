@@ -68,8 +68,9 @@ def test_bad_input_one_line_error(capsys, tmp_path, argv, match):
 
 def test_missing_idx_file_named(capsys, tmp_path):
     (tmp_path / "train-images-idx3-ubyte").write_bytes(b"")
-    err = _error_line(capsys, ["delay_sweep", "--preset", "tiny", "--data", f"idx:{tmp_path}",
-                               "--out", str(tmp_path / "o")])
+    err = _error_line(
+        capsys, ["delay_sweep", "--preset", "tiny", "--data", f"idx:{tmp_path}", "--out", str(tmp_path / "o")]
+    )
     assert "train-labels-idx1-ubyte" in err
 
 
@@ -88,10 +89,28 @@ def test_tiny_study_end_to_end_and_resume(capsys, tmp_path):
     records = [json.loads(line) for line in lines]
     assert len(records) == 4  # 2 learning rates x 1 batch size x 2 delays
     assert (out / "heatmap.png").stat().st_size > 10_000
+    assert (out / "cliff.png").stat().st_size > 5_000
+    assert "Largest learning rate that did not diverge" in (out / "report.md").read_text()
     assert json.loads((out / "study.json").read_text())["num_configs"] == 4
-    required = {"config_id", "data", "model", "optimizer", "batch_size", "epochs", "seed", "momentum", "delay",
-                "learning_rate", "test_accuracy", "test_loss", "train_loss", "test_accuracy_per_epoch",
-                "test_loss_per_epoch", "diverged", "seconds"}
+    required = {
+        "config_id",
+        "data",
+        "model",
+        "optimizer",
+        "batch_size",
+        "epochs",
+        "seed",
+        "momentum",
+        "delay",
+        "learning_rate",
+        "test_accuracy",
+        "test_loss",
+        "train_loss",
+        "test_accuracy_per_epoch",
+        "test_loss_per_epoch",
+        "diverged",
+        "seconds",
+    }
     for r in records:
         assert required <= set(r)
         assert len(r["test_accuracy_per_epoch"]) == r["epochs"]
@@ -115,9 +134,76 @@ def test_truncated_last_line_is_skipped_not_fatal(capsys, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     (out / "results.jsonl").write_text('{"config_id": "abc", "broken')  # a run killed mid-write
-    assert main(["delay_sweep", "--preset", "tiny", "--out", str(out), "--learning-rates", "0.01",
-                 "--delays", "0"]) == 0
+    assert (
+        main(
+            [
+                "delay_sweep",
+                "--preset",
+                "tiny",
+                "--out",
+                str(out),
+                "--learning-rates",
+                "0.01",
+                "--delays",
+                "0",
+            ]
+        )
+        == 0
+    )
     text = (out / "results.jsonl").read_text()
     assert text.startswith('{"config_id": "abc", "broken\n')  # kept as it was
     assert json.loads(text.splitlines()[1])["learning_rate"] == 0.01
     assert "skipped 1 unreadable line" in capsys.readouterr().out
+
+
+def _rec(delay, lr, diverged, batch=64, acc=0.9):
+    return {
+        "delay": delay,
+        "learning_rate": lr,
+        "batch_size": batch,
+        "diverged": diverged,
+        "test_accuracy": 0.1 if diverged else acc,
+    }
+
+
+def test_largest_stable_learning_rate_and_report():
+    from experiments import delay_sweep
+
+    records = [
+        _rec(0, 0.01, False),
+        _rec(0, 0.1, False),
+        _rec(0, 1.0, True),  # cliff between 0.1 and 1
+        _rec(2, 0.01, False),
+        _rec(2, 0.1, True),
+        _rec(2, 1.0, True),  # moved down with delay
+        _rec(8, 0.01, True),
+        _rec(8, 0.1, True),
+        _rec(8, 1.0, True),  # everything diverged
+        _rec(0, 0.1, True, batch=256),
+        _rec(0, 0.01, False, batch=256),
+        _rec(2, 0.1, False, batch=256),
+        _rec(2, 0.01, False, batch=256),  # grew at batch 256
+        _rec(8, 0.01, False, batch=256),
+        _rec(8, 0.1, True, batch=256),
+    ]
+    records.append({**_rec(2, 0.01, True), "seed": 1})  # a second seed of (2, 0.01) diverged: not stable
+    stable = delay_sweep.largest_stable(records)
+    assert stable == {
+        (0, 64): 0.1,
+        (2, 64): None,
+        (8, 64): None,
+        (0, 256): 0.01,
+        (2, 256): 0.1,
+        (8, 256): 0.01,
+    }
+    settings = {"model": "lenet5", "optimizer": "sgd", "momentum": 0.9, "epochs": 3, "seeds": [0, 1]}
+    text = delay_sweep.report(settings, records, stable, "toy")
+    assert "| 2 | all diverged | 0.1 |" in text
+    assert (
+        "batch 64: the largest stable learning rate went from 0.1 at delay 0 to all diverged at delay 8; "
+        "it never grew with delay." in text
+    )
+    assert (
+        "batch 256: the largest stable learning rate went from 0.01 at delay 0 to 0.01 at delay 8; "
+        "it grew with delay at least once." in text
+    )
