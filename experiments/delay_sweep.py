@@ -39,6 +39,18 @@ PRESETS = {
         seeds=[0],
         epochs=10,
     ),
+    # About 20 minutes on a 2-core CPU with real Fashion-MNIST (apt-get install dataset-fashion-mnist).
+    "medium": dict(
+        data="idx:/usr/share/datasets/fashion-mnist",
+        model="lenet5",
+        optimizer="sgd",
+        momentum=0.9,
+        learning_rates=_half_decades(-3.0, -0.5),
+        batch_sizes=[64, 256],
+        delays=[0, 2, 8],
+        seeds=[0],
+        epochs=2,
+    ),
     # The exact protocol of shared/PAPERS.md §1 (for a GPU/TPU): 300 configs, 30 epochs.
     "paper": dict(
         data="tfds:mnist",
