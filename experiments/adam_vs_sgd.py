@@ -52,8 +52,8 @@ PRESETS = {
         sgd_batch_size=128,
         adam_learning_rate=2e-3,
         adam_batch_size=256,
-        adam_min_batch=16,
-        adam_lr_multipliers=[1.0],
+        adam_min_batch=32,
+        adam_lr_multipliers=[1.0, 4.0],
     ),
     # The paper's setting (GPU/TPU): MNIST, 30 epochs, delays 32/128/256 and 0.
     "paper": dict(
