@@ -11,6 +11,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = ["LeNet5", "MLP", "MODELS", "make_model", "count_params"]
 
@@ -44,6 +45,108 @@ class _PatchConv(nn.Module):
         return patches @ k + bias
 
 
+class _ConvParams(nn.Module):
+    """Just the parameters of ``nn.Conv(features, kernel_size)``: same names, shapes and initializers."""
+
+    features: int
+    kernel_size: tuple[int, int]
+
+    @nn.compact
+    def __call__(self, c_in: int):
+        kh, kw = self.kernel_size
+        kernel = self.param(
+            "kernel", nn.initializers.lecun_normal(), (kh, kw, c_in, self.features), jnp.float32
+        )
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+        return kernel, bias
+
+
+@jax.custom_vjp
+def _pool22(y):
+    """Max over axes 1 and 3 of ``y`` of shape ``(N, 2, M, 2, K)``: a 2×2 max-pool window per entry.
+
+    The gradient goes to the first maximum of each window in row-major order,
+    exactly as ``lax.reduce_window``'s gradient (select-and-scatter) routes it,
+    but as elementwise compares and selects: XLA:CPU runs select-and-scatter
+    about 10× slower.
+    """
+    return jnp.max(y, axis=(1, 3))
+
+
+def _pool22_fwd(y):
+    m = jnp.max(y, axis=(1, 3))
+    return m, (y, m)
+
+
+def _pool22_bwd(res, g):
+    y, m = res
+    taken = jnp.zeros(m.shape, bool)
+    parts = []
+    for a in (0, 1):
+        for b in (0, 1):
+            sel = (y[:, a, :, b, :] == m) & ~taken
+            taken = taken | sel
+            parts.append(jnp.where(sel, g, jnp.zeros_like(g)))
+    return (jnp.stack([jnp.stack(parts[0:2], 2), jnp.stack(parts[2:4], 2)], 1),)
+
+
+_pool22.defvjp(_pool22_fwd, _pool22_bwd)
+
+
+def _s2d_kernel(k, r: int):
+    """The kernel of a stride-1 convolution rewritten on ``r``×``r`` space-to-depth blocks.
+
+    ``k`` has shape ``(kh, kh, ci, co)``. Input blocks hold ``r·r·ci`` channels
+    ordered ``(row phase e, column phase f, ci)``; output blocks ``r·r·co``
+    channels ordered ``(d, g, co)``. Block offset ``a`` with phases ``e → d`` reads
+    ``k[r·a + e − d]`` (zero outside the kernel). The result has shape
+    ``(A, A, r·r·ci, r·r·co)`` with ``A = ceil((kh − 1) / r) + 1``.
+    """
+    kh, kw, ci, co = k.shape
+    n_a = (kh - 1 + r - 1) // r + 1
+    idx = r * np.arange(n_a)[:, None, None] + np.arange(r)[None, :, None] - np.arange(r)[None, None, :]
+    valid = (idx >= 0) & (idx < kh)
+    idx = np.clip(idx, 0, kh - 1)
+    kk = k[idx[:, :, :, None, None, None], idx[None, None, None, :, :, :]]  # (a,e,d,b,f,g,ci,co)
+    mask = (valid[:, :, :, None, None, None] & valid[None, None, None, :, :, :]).astype(k.dtype)
+    kk = jnp.transpose(kk * mask[..., None, None], (0, 3, 1, 4, 6, 2, 5, 7))  # (a,b,e,f,ci,d,g,co)
+    return kk.reshape(n_a, n_a, r * r * ci, r * r * co)
+
+
+def _s2d_features(x, k1, b1, k2, b2):
+    """LeNet-5's convolution stack on 4×4 / 2×2 space-to-depth blocks (identical maths).
+
+    ``x``: ``(B, H, W, C)`` with ``H`` and ``W`` multiples of 4. conv1 (5×5 SAME)
+    becomes a 2×2 convolution on 4×4 blocks (``16·C`` → ``96`` channels), computed
+    as four shifted slices times one matrix; pool 1 is then a max over channel
+    groups, and its output is already in the 2×2-block layout that conv 2
+    (5×5 VALID) needs as a 3×3 convolution on 2×2 blocks (24 → 64 channels),
+    whose pool is again a max over channel groups. Max-pool and ReLU commute,
+    so ReLU follows the pool. Returns ``(B, H/4 − 2, W/4 − 2, 16)`` =
+    ``relu(pool(conv2(relu(pool(conv1(x))))))`` in NHWC.
+
+    Why: XLA:CPU runs the one-input-channel conv 1 and the select-and-scatter
+    gradient of max-pool slowly; on blocks every layer is a well-shaped
+    matmul or convolution and both pools are elementwise (shared/PERF_NOTES.md).
+    """
+    bsz, h, w, c = x.shape
+    hb, wb = (h + 4) // 4, (w + 4) // 4
+    xp = jnp.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)))
+    xs = xp.reshape(bsz, hb, 4, wb, 4, c).transpose(0, 1, 3, 2, 4, 5).reshape(bsz, hb, wb, 16 * c)
+    oh, ow = hb - 1, wb - 1
+    cols = jnp.concatenate([xs[:, i : i + oh, j : j + ow, :] for i in (0, 1) for j in (0, 1)], axis=-1)
+    y = cols.reshape(-1, 64 * c) @ _s2d_kernel(k1, 4).reshape(64 * c, 96) + jnp.tile(b1, 16)
+    # y channels (d, g, c) with d = 2·e + a: pool over (a, b) leaves (e, f, c) = 2×2 blocks.
+    y = _pool22(y.reshape(bsz * oh * ow * 2, 2, 2, 2, 6))
+    hblk = jax.nn.relu(y).reshape(bsz, oh, ow, 24)
+    y = jax.lax.conv_general_dilated(
+        hblk, _s2d_kernel(k2, 2), (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    ) + jnp.tile(b2, 4)
+    ph, pw = y.shape[1], y.shape[2]
+    y = _pool22(y.reshape(bsz * ph * pw, 2, 1, 2, 16))
+    return jax.nn.relu(y).reshape(bsz, ph, pw, 16)
+
+
 class LeNet5(nn.Module):
     """LeNet-5 exactly as shared/PAPERS.md §1 fixes it (input 28×28×C, NHWC).
 
@@ -54,8 +157,13 @@ class LeNet5(nn.Module):
 
     Args:
         num_classes: outputs (logits).
-        patch_conv1: compute the first convolution as patches × matrix (identical
-            maths and parameters, faster on CPU); ``False`` uses ``nn.Conv``.
+        impl: how the convolution stack is computed; the parameters (names,
+            shapes, initial values) and the maths are the same for all three:
+            ``"s2d"`` (default; fastest on CPU): both convolutions on
+            space-to-depth blocks, pools as elementwise maxima with the
+            first-maximum gradient of ``reduce_window``; used when height and
+            width are multiples of 4, else ``"conv"``. ``"patches"``: conv 1 as
+            image patches × matrix. ``"conv"``: ``nn.Conv`` and ``nn.max_pool``.
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -69,18 +177,28 @@ class LeNet5(nn.Module):
     """
 
     num_classes: int = 10
-    patch_conv1: bool = True
+    impl: str = "s2d"
 
     @nn.compact
     def __call__(self, x):
-        if self.patch_conv1:
-            x = _PatchConv(6, (5, 5), name="Conv_0")(x)
+        if self.impl not in ("s2d", "patches", "conv"):
+            raise ValueError(f"unknown LeNet5 impl {self.impl!r}; choose 's2d', 'patches' or 'conv'.")
+        h, w, c = x.shape[-3:]
+        if self.impl == "s2d" and h % 4 == 0 and w % 4 == 0 and h >= 12 and w >= 12:
+            k1, b1 = _ConvParams(6, (5, 5), name="Conv_0")(c)
+            k2, b2 = _ConvParams(16, (5, 5), name="Conv_1")(6)
+            lead = x.shape[:-3]
+            x = _s2d_features(x.reshape((-1, h, w, c)), k1, b1, k2, b2)
+            x = x.reshape(lead + (-1,))
         else:
-            x = nn.Conv(6, (5, 5), padding="SAME", name="Conv_0")(x)
-        x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
-        x = nn.Conv(16, (5, 5), padding="VALID", name="Conv_1")(x)
-        x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
-        x = x.reshape(x.shape[:-3] + (-1,))
+            if self.impl == "patches":
+                x = _PatchConv(6, (5, 5), name="Conv_0")(x)
+            else:
+                x = nn.Conv(6, (5, 5), padding="SAME", name="Conv_0")(x)
+            x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
+            x = nn.Conv(16, (5, 5), padding="VALID", name="Conv_1")(x)
+            x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
+            x = x.reshape(x.shape[:-3] + (-1,))
         x = nn.relu(nn.Dense(120)(x))
         x = nn.relu(nn.Dense(84)(x))
         return nn.Dense(self.num_classes)(x)

@@ -8,7 +8,9 @@ size and each way of driving a group of K configs:
 * ``step, vmap K``: K configs vmapped into one step;
 * ``step, K x chunk 1``: K configs one after another through the same program
   (what the sweep engine does on CPU);
-* ``scan, vmap K``: K configs vmapped, the epoch's steps inside ``lax.scan``.
+* ``scan, vmap K``: K configs vmapped, the epoch's steps inside ``lax.scan``;
+* ``torch`` (with ``--torch``): the PyTorch baseline of experiments/torch_baseline.py
+  (delayed ``torch.optim.SGD``, delay 4, configs one by one), timed the same way.
 
 It also measures the cost of the simulation itself: one jitted LeNet-5 step
 (gradient + server update) through ``asgd_jax.asynchronous`` with 16 workers
@@ -41,6 +43,11 @@ def add_arguments(p) -> None:
         "--workers", type=int, default=16, help="simulated workers for the overhead table (default 16)"
     )
     p.add_argument("--only", choices=["throughput", "overhead"], help="run one of the two tables")
+    p.add_argument(
+        "--torch",
+        action="store_true",
+        help="also time the PyTorch baseline (experiments/torch_baseline.py; needs torch) in the same run",
+    )
     p.add_argument("--out", default=os.path.join("runs", "benchmark"), help="output directory")
 
 
@@ -156,6 +163,13 @@ def run(args) -> int:
         ):
             rate = _measure(trainer, kk, loop, chunk)
             rows.append({"batch_size": b, "driver": label, "configs": kk, "config_samples_per_s": rate})
+            print(f"batch {b:5d}  {label:<18} {rate:10.0f} config-samples/s", flush=True)
+        if args.torch:
+            from experiments import torch_baseline
+
+            label = f"torch, {os.cpu_count() or 1} threads"
+            rate = torch_baseline.measure(b, delay=4, samples=args.samples, threads=os.cpu_count() or 1)
+            rows.append({"batch_size": b, "driver": label, "configs": 1, "config_samples_per_s": rate})
             print(f"batch {b:5d}  {label:<18} {rate:10.0f} config-samples/s", flush=True)
     for b in batch_sizes if args.only != "throughput" else []:
         for row in _overhead(b, args.workers):

@@ -103,8 +103,8 @@ class LeNet5Test(chex.TestCase):
         # total                 = 61706
         expected = 156 + 2416 + 48120 + 10164 + 850
         self.assertEqual(expected, 61706)
-        for patch in (True, False):
-            params = _init(LeNet5(patch_conv1=patch), (28, 28, 1))
+        for impl in ("s2d", "patches", "conv"):
+            params = _init(LeNet5(impl=impl), (28, 28, 1))
             self.assertEqual(count_params(params), expected)
             chex.assert_shape(params["Conv_0"]["kernel"], (5, 5, 1, 6))
             chex.assert_shape(params["Conv_1"]["kernel"], (5, 5, 6, 16))
@@ -113,12 +113,14 @@ class LeNet5Test(chex.TestCase):
             chex.assert_shape(params["Dense_2"]["kernel"], (84, 10))
 
     def test_patch_and_conv_share_parameter_structure(self):
-        a = _init(LeNet5(patch_conv1=True), (28, 28, 1))
-        b = _init(LeNet5(patch_conv1=False), (28, 28, 1))
-        self.assertEqual(jax.tree.structure(a), jax.tree.structure(b))
-        self.assertEqual(
-            jax.tree.map(lambda l: (l.shape, l.dtype), a), jax.tree.map(lambda l: (l.shape, l.dtype), b)
-        )
+        b = _init(LeNet5(impl="conv"), (28, 28, 1))
+        for impl in ("s2d", "patches"):
+            a = _init(LeNet5(impl=impl), (28, 28, 1))
+            self.assertEqual(jax.tree.structure(a), jax.tree.structure(b))
+            self.assertEqual(
+                jax.tree.map(lambda l: (l.shape, l.dtype), a), jax.tree.map(lambda l: (l.shape, l.dtype), b)
+            )
+            chex.assert_trees_all_equal(a, b)  # same initial values too
 
     def test_output_shape(self):
         model = LeNet5()
@@ -141,12 +143,39 @@ class LeNet5Test(chex.TestCase):
                 expected = np_lenet5(params, x)
                 # The reference is not degenerate: logits differ between the two inputs.
                 self.assertGreater(float(np.abs(expected[0] - expected[1]).max()), 1e-2)
-                patch = jax.jit(LeNet5(patch_conv1=True).apply)({"params": params}, x)
-                conv = jax.jit(LeNet5(patch_conv1=False).apply)({"params": params}, x)
-                chex.assert_trees_all_close(patch, conv, rtol=1e-5, atol=1e-5)
+                conv = jax.jit(LeNet5(impl="conv").apply)({"params": params}, x)
                 scale = float(np.abs(expected).max())
-                chex.assert_trees_all_close(patch, expected.astype(np.float32), rtol=1e-4, atol=1e-5 * scale)
                 chex.assert_trees_all_close(conv, expected.astype(np.float32), rtol=1e-4, atol=1e-5 * scale)
+                for impl in ("s2d", "patches"):
+                    out = jax.jit(LeNet5(impl=impl).apply)({"params": params}, x)
+                    chex.assert_trees_all_close(out, conv, rtol=1e-5, atol=1e-5)
+                    chex.assert_trees_all_close(out, expected.astype(np.float32), rtol=1e-4, atol=1e-5 * scale)
+
+    def test_gradients_agree_across_impls(self):
+        # The s2d pools route gradients like reduce_window's select-and-scatter (first
+        # maximum of a window), also on the ties that ReLU's zeros create.
+        rng = np.random.default_rng(1)
+        params = _randomize(_init(LeNet5(), (28, 28, 1)), seed=3)
+        x = jnp.asarray(rng.uniform(size=(4, 28, 28, 1)) * (rng.uniform(size=(4, 28, 28, 1)) > 0.5), jnp.float32)
+        y = jnp.asarray([0, 3, 7, 9])
+
+        def grads(impl):
+            def loss(p):
+                logits = LeNet5(impl=impl).apply({"params": p}, x)
+                return -jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], 1).mean()
+
+            return jax.jit(jax.grad(loss))(params)
+
+        ref = grads("conv")
+        for impl in ("s2d", "patches"):
+            chex.assert_trees_all_close(grads(impl), ref, rtol=1e-4, atol=1e-6)
+
+    def test_s2d_falls_back_for_other_sizes(self):
+        model = LeNet5()
+        params = _randomize(_init(model, (30, 30, 1)), 0)
+        out = model.apply({"params": params}, jnp.ones((2, 30, 30, 1)))
+        ref = LeNet5(impl="conv").apply({"params": params}, jnp.ones((2, 30, 30, 1)))
+        chex.assert_trees_all_close(out, ref)
 
     def test_numpy_conv_reference_sanity(self):
         # Hand-derived: a 3x3 all-ones kernel on a 3x3 image of ones, SAME padding, counts neighbours.
