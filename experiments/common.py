@@ -202,3 +202,20 @@ def run_sweep(
             run_group(g, dataset, loop=loop, chunk_size=chunk_size, on_epoch=on_epoch, on_chunk=on_chunk)
             epochs.close()
     return results.select(configs), len(todo), time.perf_counter() - t0
+
+
+def run_study(study: str, args, settings: dict, make_configs):
+    """The shared start of a training study: every check before any data is read or compiled, then the sweep.
+
+    ``make_configs(settings, num_train)`` builds the study's normalized configs (``num_train=None`` checks
+    what it can before the data set is read). Returns ``(out, dataset, records, configs_run, seconds)``.
+    """
+    check_source(settings["data"])
+    make_configs(settings, None)
+    out = prepare_out_dir(args.out or os.path.join("runs", f"{study}-{args.preset}"))
+    dataset = load_data(settings["data"], args.data_dir)
+    configs = make_configs(settings, dataset.num_train)  # now also checks batch size <= training set
+    records, ran, wall = run_sweep(
+        study, out, configs, dataset, settings, loop=args.loop, chunk_size=args.chunk_size
+    )
+    return out, dataset, records, ran, wall

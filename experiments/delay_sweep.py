@@ -159,14 +159,7 @@ def make_configs(s: dict, num_train: int | None = None) -> list[dict]:
 
 def run(args) -> int:
     s = settings_from_args(args)
-    common.check_source(s["data"])
-    make_configs(s)  # every config checked before any data is read
-    out = common.prepare_out_dir(args.out or os.path.join("runs", f"{NAME}-{args.preset}"))
-    dataset = common.load_data(s["data"], args.data_dir)
-    configs = make_configs(s, dataset.num_train)  # now also checks batch size <= training set
-    records, ran, wall = common.run_sweep(
-        NAME, out, configs, dataset, s, loop=args.loop, chunk_size=args.chunk_size
-    )
+    out, dataset, records, ran, wall = common.run_study(NAME, args, s, make_configs)
     heatmap = os.path.join(out, "heatmap.png")
     plots.delay_heatmaps(
         records,

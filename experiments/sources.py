@@ -58,7 +58,9 @@ IDX_FILES = {
     "test_labels": "t10k-labels-idx1-ubyte",
 }
 
-_VALID_FORMS = "'digits', 'tfds:<name>' (e.g. tfds:mnist) or 'idx:<dir>' (e.g. idx:/usr/share/datasets/fashion-mnist)"
+_VALID_FORMS = (
+    "'digits', 'tfds:<name>' (e.g. tfds:mnist) or 'idx:<dir>' (e.g. idx:/usr/share/datasets/fashion-mnist)"
+)
 _IDX_HINT = (
     "expected the four standard MNIST/Fashion-MNIST IDX files (on Debian: apt-get install "
     "dataset-fashion-mnist puts them in /usr/share/datasets/fashion-mnist)"
@@ -221,7 +223,9 @@ def _read_idx(path: str) -> np.ndarray:
         with open(path, "rb") as f:
             raw = f.read()
     except OSError as e:
-        raise DataSourceError(f"{path}: cannot read ({_first_line(e)}); check the file's permissions") from None
+        raise DataSourceError(
+            f"{path}: cannot read ({_first_line(e)}); check the file's permissions"
+        ) from None
     if path.endswith(".gz") or raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
@@ -297,14 +301,18 @@ def _tfds_error(tfds, name: str, data_dir: str | None, split: str, exc: Exceptio
     for TFRECORD) with an explicit ``data_dir``; other versions raise
     ``AssertionError`` or ``FileNotFoundError``. So ask the builder directly.
     """
-    where = data_dir or getattr(getattr(tfds.core, "constants", None), "DATA_DIR", None) or "the TFDS data dir"
+    where = (
+        data_dir or getattr(getattr(tfds.core, "constants", None), "DATA_DIR", None) or "the TFDS data dir"
+    )
     try:
         builder = tfds.builder(name, data_dir=data_dir)
         prepared = builder.is_prepared()
     except Exception:  # noqa: BLE001 - diagnosis only; fall back to the original error
         builder, prepared = None, None
     if prepared is False:
-        return DataSourceError(f"tfds:{name} is not prepared in {where}; {_tfds_prepare_hint(name, data_dir)}")
+        return DataSourceError(
+            f"tfds:{name} is not prepared in {where}; {_tfds_prepare_hint(name, data_dir)}"
+        )
     if prepared and builder is not None:
         splits = list(builder.info.splits.keys())
         if split not in splits:
@@ -387,7 +395,11 @@ def _load_tfds(name: str, *, data_dir: str | None, download: bool) -> data_lib.D
                 f"tfds:{name} records have keys {sorted(records[0])}, not 'image' and 'label'; "
                 "use an image classification data set"
             )
-        images = np.stack([np.asarray(r["image"]) for r in records]) if records else np.zeros((0, 1, 1, 1), np.uint8)
+        images = (
+            np.stack([np.asarray(r["image"]) for r in records])
+            if records
+            else np.zeros((0, 1, 1, 1), np.uint8)
+        )
         labels = np.asarray([np.asarray(r["label"]).item() for r in records], dtype=np.int64)
         arrays[split] = (images, labels)
 

@@ -211,14 +211,7 @@ def report(s: dict, rows: list[dict], dataset_name: str) -> str:
 
 def run(args) -> int:
     s = settings_from_args(args)
-    common.check_source(s["data"])
-    make_configs(s)
-    out = common.prepare_out_dir(args.out or os.path.join("runs", f"{NAME}-{args.preset}"))
-    dataset = common.load_data(s["data"], args.data_dir)
-    configs = make_configs(s, dataset.num_train)
-    records, ran, wall = common.run_sweep(
-        NAME, out, configs, dataset, s, loop=args.loop, chunk_size=args.chunk_size
-    )
+    out, dataset, records, ran, wall = common.run_study(NAME, args, s, make_configs)
     steps_per_epoch = dataset.num_train // s["batch_size"]
     rows = summarize(records, steps_per_epoch)
     panels, vlines = {}, {}
