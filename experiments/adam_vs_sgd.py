@@ -333,8 +333,4 @@ def run(args) -> int:
         title=f"LeNet-5 on {s['data']}: Adam (heuristic) vs SGD (momentum 0.9)",
     )
     text = report(s, analysis, dataset.name)
-    with open(os.path.join(out, "report.md"), "w", encoding="utf-8") as f:
-        f.write(text)
-    print(text)
-    print(f"ran {ran} configs in {wall:.1f} s; wrote results.jsonl, curves.png, report.md to {out}")
-    return 0
+    return common.finish_study(out, text, ran, wall, ["curves.png"])

@@ -219,3 +219,13 @@ def run_study(study: str, args, settings: dict, make_configs):
         study, out, configs, dataset, settings, loop=args.loop, chunk_size=args.chunk_size
     )
     return out, dataset, records, ran, wall
+
+
+def finish_study(out: str, report_text: str, ran: int, wall: float, figures: list[str]) -> int:
+    """Writes ``out/report.md``, prints the report and what the run wrote; returns the exit status 0."""
+    with open(os.path.join(out, "report.md"), "w", encoding="utf-8") as f:
+        f.write(report_text)
+    print(report_text)
+    wrote = ", ".join(["results.jsonl", *figures, "report.md"])
+    print(f"ran {ran} configs in {wall:.1f} s; wrote {wrote} to {out}")
+    return 0

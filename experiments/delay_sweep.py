@@ -169,14 +169,8 @@ def run(args) -> int:
     stable = largest_stable(records)
     plot_cliff(stable, os.path.join(out, "cliff.png"), title=f"{s['model']} on {s['data']}, {s['optimizer']}")
     text = report(s, records, stable, dataset.name)
-    with open(os.path.join(out, "report.md"), "w", encoding="utf-8") as f:
-        f.write(text)
     print(summary_table(records))
-    print(text)
-    print(
-        f"ran {ran} configs in {wall:.1f} s; wrote results.jsonl, heatmap.png, cliff.png, report.md to {out}"
-    )
-    return 0
+    return common.finish_study(out, text, ran, wall, ["heatmap.png", "cliff.png"])
 
 
 def largest_stable(records) -> dict[tuple[int, int], float | None]:
