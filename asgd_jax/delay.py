@@ -39,8 +39,8 @@ class DelayedState(NamedTuple):
     inner_state: Any
 
 
-def validate_delay(delay, max_delay: int | None) -> tuple[int, bool]:
-    """Checks ``delay`` / ``max_delay`` and returns ``(max_delay, delay_is_concrete)``.
+def validate_delay(delay, max_delay: int | None) -> int:
+    """Checks ``delay`` / ``max_delay`` and returns the static bound ``max_delay``.
 
     Raises a one-line ``ValueError`` for a negative delay, a delay above
     ``max_delay``, or a traced delay without ``max_delay``. Delays that are traced
@@ -60,7 +60,7 @@ def validate_delay(delay, max_delay: int | None) -> tuple[int, bool]:
             raise ValueError(
                 "delayed(): a traced delay needs a static bound; pass max_delay=<largest delay>."
             )
-        return max_delay, False
+        return max_delay
     if concrete.shape != () or not np.issubdtype(concrete.dtype, np.integer):
         raise ValueError(f"delay must be a scalar integer number of steps, got {delay!r}.")
     d = int(concrete)
@@ -70,7 +70,7 @@ def validate_delay(delay, max_delay: int | None) -> tuple[int, bool]:
         max_delay = d
     elif d > max_delay:
         raise ValueError(f"delay={d} exceeds max_delay={max_delay}; raise max_delay to at least {d}.")
-    return max_delay, True
+    return max_delay
 
 
 def delayed(
@@ -138,7 +138,7 @@ def delayed(
         Jain, Srinivasan, Barekatain, "An analysis of the delayed gradients problem
         in asynchronous SGD", ICLR 2018 workshop.
     """
-    max_delay, _ = validate_delay(delay, max_delay)
+    max_delay = validate_delay(delay, max_delay)
     inner = optax.with_extra_args_support(inner)
     slots = max_delay + 1 if max_delay else 0  # no buffer at all without delay
 

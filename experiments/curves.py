@@ -7,14 +7,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from experiments import plots
 
 
 def accuracy_curves(
@@ -32,7 +25,7 @@ def accuracy_curves(
         title: the figure's title.
         vlines: optional panel title → x positions (epochs) of dashed vertical lines.
     """
-    plt = _pyplot()
+    plt = plots._pyplot()
     n = len(panels)
     cols = min(n, 3)
     rows = math.ceil(n / cols)
