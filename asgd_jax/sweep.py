@@ -21,12 +21,14 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import os
 import time
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from asgd_jax.train import GENERIC_HPARAMS, OPTIMIZERS, TrainConfig, Trainer, normalize_hparams, run_configs
 
@@ -39,8 +41,20 @@ __all__ = [
     "config_id",
     "group_configs",
     "default_chunk_size",
+    "CONFIG_AXIS",
+    "local_mesh",
+    "SweepMemoryError",
+    "config_memory_bytes",
+    "device_memory_bytes",
+    "max_configs_per_device",
+    "Chunk",
+    "plan_chunks",
+    "run_chunk",
     "run_group",
 ]
+
+# The mesh axis a group's configs are laid along.
+CONFIG_AXIS = "configs"
 
 # Fields that fix a compiled program's shapes: configs differing here never share a group.
 STATIC_FIELDS = ("model", "optimizer", "batch_size", "epochs")
@@ -120,7 +134,11 @@ class Group:
     configs: tuple[dict[str, Any], ...]
 
     def hparam_names(self) -> list[str]:
-        return ["learning_rate", *GENERIC_HPARAMS, *OPTIMIZERS[self.train_config.optimizer]]
+        return _hparam_names(self.train_config.optimizer)
+
+
+def _hparam_names(optimizer: str) -> list[str]:
+    return ["learning_rate", *GENERIC_HPARAMS, *OPTIMIZERS[optimizer]]
 
 
 def group_configs(configs: Sequence[Mapping[str, Any]], *, eval_batch_size: int = 1000) -> list[Group]:
@@ -144,7 +162,7 @@ def group_configs(configs: Sequence[Mapping[str, Any]], *, eval_batch_size: int 
 
 
 def default_chunk_size() -> int | None:
-    """Configs vmapped per call: 1 on CPU, the whole group (``None``) elsewhere.
+    """Configs vmapped per device and call: 1 on CPU, the whole group (``None``) elsewhere.
 
     On XLA:CPU, vmapping a convolution over per-config kernels turns it into a
     grouped convolution that runs about 3× slower per config than K separate
@@ -154,9 +172,209 @@ def default_chunk_size() -> int | None:
     return 1 if jax.default_backend() == "cpu" else None
 
 
+def local_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A 1-D :class:`jax.sharding.Mesh` over this process's devices, axis :data:`CONFIG_AXIS`.
+
+    A group's configs are laid along this axis: each device trains its share
+    of a chunk (the vmapped config axis is sharded, the data replicated).
+
+    Example:
+        >>> from asgd_jax.sweep import local_mesh
+        >>> mesh = local_mesh()
+        >>> mesh.axis_names, mesh.devices.size == jax.local_device_count()
+        (('configs',), True)
+    """
+    devices = jax.local_devices() if devices is None else list(devices)
+    return Mesh(np.asarray(devices), (CONFIG_AXIS,))
+
+
+def _resolve_mesh(mesh) -> Mesh | None:
+    if isinstance(mesh, str):
+        if mesh != "auto":
+            raise ValueError(f"mesh must be a jax.sharding.Mesh, None or 'auto', got {mesh!r}.")
+        return local_mesh() if jax.local_device_count() > 1 else None
+    return mesh
+
+
+class SweepMemoryError(ValueError):
+    """A single config of a group needs more device memory than a device has."""
+
+
+def _tree_bytes(tree) -> int:
+    def nbytes(x):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            itemsize = 8  # a threefry key is two uint32 words
+        else:
+            itemsize = np.dtype(x.dtype).itemsize
+        return int(np.prod(x.shape, dtype=np.int64)) * itemsize
+
+    return sum(nbytes(x) for x in jax.tree.leaves(tree))
+
+
+def config_memory_bytes(trainer: Trainer) -> int:
+    """An estimate of the device memory one config of ``trainer``'s group needs, in bytes.
+
+    Computed from shapes only (``jax.eval_shape``; nothing is compiled): the
+    training state (parameters, optimizer state including the delay buffer of
+    ``max_delay + 1`` gradients, data order) twice (the step's input and output
+    while the donated buffer is being reused), three more copies of the
+    parameters (gradient, update, temporaries), and twice the values the
+    forward pass computes (unfused, from its jaxpr) for the larger of one
+    training batch and one evaluation chunk (kept for the backward pass). **(choice)** An estimate, not XLA's exact
+    figure: it errs on the large side for small models.
+
+    The shared data set is not included; see :func:`max_configs_per_device`.
+    """
+    key = jax.random.key(0)
+    hp = {n: 0 if n in GENERIC_HPARAMS else 0.0 for n in _hparam_names(trainer.config.optimizer)}
+    state = jax.eval_shape(trainer.init, trainer.data, key, hp)
+    params = state.params
+    biggest = max(trainer.config.batch_size, trainer.eval_chunk)
+    x = jax.ShapeDtypeStruct((biggest,) + trainer.input_shape, jnp.float32)
+    forward = jax.make_jaxpr(lambda p, x: trainer.model.apply({"params": p}, x))(params, x)
+    # every value the forward pass computes, unfused: an upper bound on what it keeps alive
+    activations = sum(_tree_bytes([v.aval for v in eqn.outvars]) for eqn in forward.jaxpr.eqns)
+    return 2 * _tree_bytes(state) + 3 * _tree_bytes(params) + 2 * activations
+
+
+def device_memory_bytes(device: jax.Device | None = None) -> int | None:
+    """Memory one device may use: its allocator's limit (GPU/TPU), else the host's RAM per local device.
+
+    ``None`` when it cannot be told.
+    """
+    device = device or jax.local_devices()[0]
+    try:
+        stats = device.memory_stats()
+    except Exception:  # noqa: BLE001 - some backends raise instead of returning None
+        stats = None
+    if stats and stats.get("bytes_limit"):
+        return int(stats["bytes_limit"])
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+    return int(ram) // max(1, jax.local_device_count())
+
+
+def max_configs_per_device(
+    trainer: Trainer, budget: int | None = None, *, fraction: float = 0.8
+) -> int | None:
+    """How many configs of ``trainer``'s group fit on one device at once (``None``: no limit known).
+
+    ``budget`` is the device's memory in bytes (default :func:`device_memory_bytes`);
+    ``fraction`` of it, less the replicated data set, is shared by the configs.
+    Raises a one-line :class:`SweepMemoryError` naming the size needed when not
+    even one config fits, before anything is compiled.
+    """
+    budget = device_memory_bytes() if budget is None else int(budget)
+    if budget is None:
+        return None
+    per_config = config_memory_bytes(trainer)
+    room = int(budget * fraction) - _tree_bytes(trainer.data)
+    if room < per_config:
+        tc = trainer.config
+        raise SweepMemoryError(
+            f"one config of group (model={tc.model}, optimizer={tc.optimizer}, batch_size={tc.batch_size}, "
+            f"max_delay={tc.max_delay}) needs about {_gib(per_config)} of device memory beside the data set's "
+            f"{_gib(_tree_bytes(trainer.data))}, but a device has {_gib(budget)} ({fraction:.0%} usable); "
+            "lower batch_size or the largest delay, or use a device with more memory."
+        )
+    return room // per_config
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**27 else f"{n / 2**20:.1f} MiB"
+
+
+@dataclasses.dataclass(frozen=True)
+class Chunk:
+    """Configs of one group trained by one call of the compiled programs.
+
+    ``size`` is the vmapped size: ``len(configs)`` rounded up to a multiple of
+    the number of devices; the extra slots repeat the last config and their
+    results are dropped.
+    """
+
+    group: Group
+    index: int
+    configs: tuple[dict[str, Any], ...]
+    size: int
+
+
+def plan_chunks(
+    group: Group, *, chunk_size: int | None = None, num_devices: int = 1, max_per_device: int | None = None
+) -> list[Chunk]:
+    """Splits a group into chunks (see :func:`run_group` for ``chunk_size``).
+
+    The split depends only on the group and these arguments, never on which
+    configs already have results, so a resumed sweep runs each remaining chunk
+    exactly as an uninterrupted one would.
+
+    Example:
+        >>> from asgd_jax.sweep import expand_grid, normalize_config, group_configs, plan_chunks
+        >>> configs = [normalize_config(c) for c in expand_grid(
+        ...     {"learning_rate": [0.1, 0.01, 0.001], "batch_size": 32, "epochs": 1})]
+        >>> [(len(c.configs), c.size) for c in plan_chunks(group_configs(configs)[0], chunk_size=2, num_devices=2)]
+        [(2, 2), (1, 2)]
+    """
+    n, d = len(group.configs), max(1, int(num_devices))
+    if chunk_size is None:
+        per_device = default_chunk_size()
+        size = n if per_device is None else per_device * d
+    elif int(chunk_size) == 0:
+        size = n
+    elif int(chunk_size) < 0:
+        raise ValueError(f"chunk_size must be >= 0 (0: the whole group), got {chunk_size}.")
+    else:
+        size = int(chunk_size)
+    size = -(-size // d) * d  # a multiple of the number of devices
+    if max_per_device is not None:
+        size = min(size, max(1, int(max_per_device)) * d)
+    chunks = []
+    for ci, start in enumerate(range(0, n, size)):
+        members = group.configs[start : start + size]
+        chunks.append(Chunk(group, ci, tuple(members), -(-len(members) // d) * d))
+    return chunks
+
+
 def _finite_or_none(x: float) -> float | None:
     x = float(x)
     return x if np.isfinite(x) else None
+
+
+def run_chunk(
+    chunk: Chunk,
+    trainer: Trainer,
+    *,
+    loop: str = "auto",
+    mesh: Mesh | None = None,
+    on_epoch: Callable[[int, dict[str, np.ndarray]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Trains one :class:`Chunk` (padded to ``chunk.size``, sharded over ``mesh``); one result per config."""
+    configs = list(chunk.configs)
+    padded = configs + [configs[-1]] * (chunk.size - len(configs))
+    names = chunk.group.hparam_names()
+    keys = jax.vmap(jax.random.key)(jnp.asarray([c["seed"] for c in padded], jnp.uint32))
+    hparams = {
+        n: jnp.asarray([c[n] for c in padded], jnp.int32 if n in GENERIC_HPARAMS else jnp.float32)
+        for n in names
+    }
+    t0 = time.perf_counter()
+    metrics = run_configs(trainer, keys, hparams, loop=loop, on_epoch=on_epoch, mesh=mesh)
+    seconds = (time.perf_counter() - t0) / len(configs)
+    results = []
+    for i, c in enumerate(configs):
+        r = {"config_id": config_id(c), **c}
+        for m in ("test_accuracy", "test_loss", "train_loss"):
+            per_epoch = [_finite_or_none(v) for v in metrics[m][i]]
+            r[m] = per_epoch[-1]
+            r[m + "_per_epoch"] = per_epoch
+        for flag in ("nonfinite", "collapsed", "diverged"):
+            r[flag] = bool(metrics[flag][i, -1])
+        r["diverged_epoch"] = (int(np.argmax(metrics["diverged"][i])) + 1) if r["diverged"] else None
+        r["seconds"] = seconds
+        results.append(r)
+    return results
 
 
 def run_group(
@@ -168,6 +386,9 @@ def run_group(
     on_epoch: Callable[[int, int, dict[str, np.ndarray]], None] | None = None,
     on_chunk: Callable[[list[dict[str, Any]]], None] | None = None,
     trainer: Trainer | None = None,
+    mesh: Mesh | None | str = "auto",
+    memory_budget: int | None = None,
+    skip: Callable[[Mapping[str, Any]], bool] | None = None,
 ) -> list[dict[str, Any]]:
     """Trains every config of a group and returns one result dict per config.
 
@@ -175,52 +396,43 @@ def run_group(
         group: from :func:`group_configs`.
         dataset: an :class:`asgd_jax.data.Dataset`.
         loop: see :func:`asgd_jax.run_configs`.
-        chunk_size: configs vmapped per call (``None``: :func:`default_chunk_size`;
-            ``0``: the whole group). Every chunk reuses the same compiled program.
+        chunk_size: configs vmapped per call (``None``: :func:`default_chunk_size`
+            per device; ``0``: the whole group), rounded up to a multiple of the
+            mesh's devices and lowered to what fits in device memory. Every
+            chunk reuses the same compiled program.
         on_epoch: ``on_epoch(chunk_index, epoch, metrics)`` after each epoch.
         on_chunk: ``on_chunk(results)`` after each chunk, with its results: a
             driver can save them at once.
         trainer: reuse a :class:`~asgd_jax.Trainer` built for ``group.train_config``.
+        mesh: lay each chunk's configs over this mesh's devices (``"auto"``:
+            :func:`local_mesh` when this process has several devices; ``None``:
+            the default device). A chunk that does not divide evenly is padded
+            with copies of its last config, whose results are dropped.
+        memory_budget: bytes of memory per device (default: :func:`device_memory_bytes`);
+            chunks are made small enough to fit (:func:`max_configs_per_device`).
+        skip: ``skip(config) -> bool``; a chunk whose configs are all skipped is
+            not run (a resumed sweep). Chunks are planned from the whole group
+            first, so the chunks that do run are the same as in a full run.
 
     Returns:
-        Per config: its :func:`config_id`, the config's fields, then ``test_accuracy``, ``test_loss`` and
-        ``train_loss`` of the last epoch, the same per epoch (``*_per_epoch``),
+        Per config of the chunks run: its :func:`config_id`, the config's fields, then ``test_accuracy``,
+        ``test_loss`` and ``train_loss`` of the last epoch, the same per epoch (``*_per_epoch``),
         ``nonfinite`` (a NaN/inf loss or parameter was seen), ``collapsed`` (the
-    model ended as a constant function), ``diverged`` (either, at any epoch
-    end) with ``diverged_epoch`` (1-based, ``None`` if it never did), and ``seconds``
-        (its chunk's wall time divided by the chunk's size, compilation included).
+        model ended as a constant function), ``diverged`` (either, at any epoch
+        end) with ``diverged_epoch`` (1-based, ``None`` if it never did), and ``seconds``
+        (its chunk's wall time divided by the chunk's number of configs, compilation included).
         Non-finite numbers are ``None``.
     """
     trainer = trainer or Trainer(group.train_config, dataset)
-    if chunk_size is None:
-        chunk_size = default_chunk_size()
-    configs = list(group.configs)
-    size = len(configs) if not chunk_size else int(chunk_size)
-    names = group.hparam_names()
+    mesh = _resolve_mesh(mesh)
+    num_devices = 1 if mesh is None else int(mesh.devices.size)
+    fit = max_configs_per_device(trainer, memory_budget)
     results = []
-    for ci, start in enumerate(range(0, len(configs), size)):
-        chunk = configs[start : start + size]
-        keys = jax.vmap(jax.random.key)(jnp.asarray([c["seed"] for c in chunk], jnp.uint32))
-        hparams = {
-            n: jnp.asarray([c[n] for c in chunk], jnp.int32 if n in GENERIC_HPARAMS else jnp.float32)
-            for n in names
-        }
-        t0 = time.perf_counter()
-        cb = None if on_epoch is None else (lambda e, m, ci=ci: on_epoch(ci, e, m))
-        metrics = run_configs(trainer, keys, hparams, loop=loop, on_epoch=cb)
-        seconds = (time.perf_counter() - t0) / len(chunk)
-        chunk_results = []
-        for i, c in enumerate(chunk):
-            r = {"config_id": config_id(c), **c}
-            for m in ("test_accuracy", "test_loss", "train_loss"):
-                per_epoch = [_finite_or_none(v) for v in metrics[m][i]]
-                r[m] = per_epoch[-1]
-                r[m + "_per_epoch"] = per_epoch
-            for flag in ("nonfinite", "collapsed", "diverged"):
-                r[flag] = bool(metrics[flag][i, -1])
-            r["diverged_epoch"] = (int(np.argmax(metrics["diverged"][i])) + 1) if r["diverged"] else None
-            r["seconds"] = seconds
-            chunk_results.append(r)
+    for chunk in plan_chunks(group, chunk_size=chunk_size, num_devices=num_devices, max_per_device=fit):
+        if skip is not None and all(skip(c) for c in chunk.configs):
+            continue
+        cb = None if on_epoch is None else (lambda e, m, ci=chunk.index: on_epoch(ci, e, m))
+        chunk_results = run_chunk(chunk, trainer, loop=loop, mesh=mesh, on_epoch=cb)
         if on_chunk is not None:
             on_chunk(chunk_results)
         results.extend(chunk_results)

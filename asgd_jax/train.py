@@ -202,6 +202,7 @@ class Trainer:
         self.eval_chunk = min(config.eval_batch_size, self.num_test)
         self.eval_chunks = -(-self.num_test // self.eval_chunk)
         self._vmapped = None
+        self._replicated = {}
         # ``update`` reads every hyperparameter (learning rate, momentum, delay) from the
         # optimizer state that ``init`` built for each config; the values given here only
         # fix the state's structure, so one instance serves every config of the group.
@@ -348,6 +349,13 @@ class Trainer:
         """``train(key, hparams)``: the pure function PureJaxRL's pattern asks for."""
         return self.train_with_data(self.data, key, hparams)
 
+    def data_on(self, mesh: jax.sharding.Mesh):
+        """``data`` replicated on every device of ``mesh`` (copied once per mesh, then cached)."""
+        if mesh not in self._replicated:
+            replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+            self._replicated[mesh] = jax.device_put(self.data, replicated)
+        return self._replicated[mesh]
+
     def vmapped(self) -> dict[str, Callable]:
         """``jit(vmap(...))`` of ``init``, ``step``, ``end_epoch`` and ``epoch`` over a leading config axis.
 
@@ -415,6 +423,7 @@ def run_configs(
     *,
     loop: str = "auto",
     on_epoch: Callable[[int, dict[str, np.ndarray]], None] | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> dict[str, np.ndarray]:
     """Trains a group of configs at once (vmapped) and returns their metrics.
 
@@ -427,6 +436,10 @@ def run_configs(
             (fast on XLA:CPU); ``"auto"``: :func:`default_loop`.
         on_epoch: called after each epoch with ``(epoch_index, metrics)`` (NumPy
             arrays with leading axis ``K``), e.g. for a progress bar.
+        mesh: shard the config axis over this 1-D mesh's devices (``K`` must be
+            a multiple of its size); the data set is replicated on each. The
+            compiled programs are the same; each device runs ``K / devices``
+            configs. ``None``: the default device.
 
     Returns:
         NumPy metrics with shape ``(K, epochs)``.
@@ -435,6 +448,16 @@ def run_configs(
     if loop not in ("scan", "step"):
         raise ValueError(f"unknown loop {loop!r}; choose 'scan', 'step' or 'auto'.")
     data = trainer.data
+    if mesh is not None:
+        devices = int(mesh.devices.size)
+        if mesh.devices.ndim != 1 or keys.shape[0] % devices:
+            raise ValueError(
+                f"{keys.shape[0]} configs cannot be split evenly over a mesh of shape {mesh.devices.shape}; "
+                "use a 1-D mesh and pad the configs to a multiple of its size."
+            )
+        along = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(mesh.axis_names[0]))
+        keys, hparams = jax.device_put((keys, dict(hparams)), along)
+        data = trainer.data_on(mesh)
     fns = trainer.vmapped()
     state = fns["init"](data, keys, dict(hparams))
     history = []

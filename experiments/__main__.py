@@ -22,6 +22,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run an asgd_jax study. Each writes results.jsonl and plots to --out; "
         "`python -m experiments <study> --help` shows its options.",
     )
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="several hosts: call jax.distributed.initialize() first (coordinator from the environment: "
+        "TPU pod, SLURM, Open MPI, or JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID); each host "
+        "runs its share of the chunks; --out must be on a file system every host sees",
+    )
     sub = parser.add_subparsers(dest="study", metavar="<study>", title="studies")
     for name, module_name in STUDIES.items():
         module = importlib.import_module(module_name)
@@ -45,10 +52,35 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     try:
+        if args.distributed:
+            _initialize_distributed()
         return args._module.run(args)
     except UsageError as e:
         print(f"python -m experiments {args.study}: error: {e}", file=sys.stderr)
         return 2
+
+
+def _initialize_distributed() -> None:
+    import os
+
+    import jax
+
+    from experiments.common import UsageError
+
+    env = {
+        "coordinator_address": os.environ.get("JAX_COORDINATOR_ADDRESS"),
+        "num_processes": os.environ.get("JAX_NUM_PROCESSES"),
+        "process_id": os.environ.get("JAX_PROCESS_ID"),
+    }
+    kwargs = {k: (int(v) if k != "coordinator_address" else v) for k, v in env.items() if v is not None}
+    try:
+        jax.distributed.initialize(**kwargs)
+    except (ValueError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UsageError(
+            f"--distributed: jax.distributed.initialize() failed ({first}); on a cluster without auto-detection "
+            "set JAX_COORDINATOR_ADDRESS=host:port, JAX_NUM_PROCESSES and JAX_PROCESS_ID on every host."
+        ) from None
 
 
 if __name__ == "__main__":

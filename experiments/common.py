@@ -53,51 +53,65 @@ def jsonable(x: Any) -> Any:
     return x
 
 
+# Fields of a result that vary from run to run (wall time): kept out of results.jsonl, in timing.jsonl.
+VOLATILE_FIELDS = ("seconds",)
+
+
 class ResultsFile:
     """An append-only ``results.jsonl``: one JSON object per finished config.
 
     Records already in the file are read at start-up, so a rerun of the same
     command skips the configs it has (keyed by ``config_id``) and never
-    rewrites what is there. Lines are appended and fsync'ed per finished chunk;
-    a line cut short by a killed run is skipped when reading, with a warning.
+    rewrites what is there. Each finished chunk's lines are appended in one
+    write and fsync'ed. A last line cut short by a killed run is moved to
+    ``results.jsonl.partial`` (kept, not lost) and its config is run again, so
+    a resumed sweep ends with the same ``results.jsonl`` as an uninterrupted one.
+    Wall times go to ``timing.jsonl`` beside it, so ``results.jsonl`` holds only
+    what the configs determine.
+
+    ``extra_paths``: more results files to read (the per-process files of a
+    multi-host sweep); appends go to ``path`` only.
     """
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, extra_paths: Iterable[str] = ()):
         self.path = path
+        self.timing_path = os.path.join(os.path.dirname(path) or ".", "timing.jsonl")
         self.records: dict[str, dict] = {}
         self.skipped_lines = 0
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                for line in f:
-                    line = line.strip()
-                    if not line:
-                        continue
-                    try:
-                        rec = json.loads(line)
-                        self.records[rec["config_id"]] = rec
-                    except (json.JSONDecodeError, KeyError, TypeError):
-                        self.skipped_lines += 1
+        self.repaired = _cut_partial_line(path)
+        for p in [path, *extra_paths]:
+            if os.path.exists(p):
+                self._read(p)
+
+    def _read(self, path: str) -> None:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    rec = json.loads(line)
+                    self.records.setdefault(rec["config_id"], rec)
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    self.skipped_lines += 1
 
     def has(self, config: Mapping[str, Any]) -> bool:
         return config_id(config) in self.records
 
     def append(self, results: Iterable[Mapping[str, Any]]) -> None:
-        lines = []
+        """Appends the results not yet in the file (one write, fsync'ed); their wall times go to timing.jsonl."""
+        lines, timings = [], []
         for r in results:
-            rec = jsonable(dict(r))
+            rec = jsonable({k: v for k, v in dict(r).items() if k not in VOLATILE_FIELDS})
+            if rec["config_id"] in self.records:
+                continue
             self.records[rec["config_id"]] = rec
             lines.append(json.dumps(rec, sort_keys=False))
-        if not lines:
-            return
-        needs_newline = (
-            os.path.exists(self.path) and os.path.getsize(self.path) > 0 and not _ends_with_newline(self.path)
-        )
-        with open(self.path, "a", encoding="utf-8") as f:
-            if needs_newline:
-                f.write("\n")
-            f.write("\n".join(lines) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+            volatile = {k: r[k] for k in VOLATILE_FIELDS if k in r}
+            if volatile:
+                timings.append(json.dumps(jsonable({"config_id": rec["config_id"], **volatile})))
+        _append_lines(self.path, lines)
+        _append_lines(self.timing_path, timings)
 
     def select(self, configs: Iterable[Mapping[str, Any]]) -> list[dict]:
         """The stored records of ``configs``, in their order (missing ones left out)."""
@@ -107,6 +121,38 @@ class ResultsFile:
             if rec is not None:
                 out.append(rec)
         return out
+
+
+def _append_lines(path: str, lines: list[str]) -> None:
+    if not lines:
+        return
+    data = ("\n".join(lines) + "\n").encode("utf-8")
+    if os.path.exists(path) and os.path.getsize(path) > 0 and not _ends_with_newline(path):
+        data = b"\n" + data
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _cut_partial_line(path: str) -> bool:
+    """Moves a last line without its newline (a killed write) to ``path + ".partial"``; True if it did."""
+    if not os.path.exists(path) or os.path.getsize(path) == 0 or _ends_with_newline(path):
+        return False
+    with open(path, "rb") as f:
+        data = f.read()
+    keep = data.rfind(b"\n") + 1
+    with open(path + ".partial", "ab") as f:
+        f.write(data[keep:] + b"\n")
+    with open(path, "r+b") as f:
+        f.truncate(keep)
+        f.flush()
+        os.fsync(f.fileno())
+    return True
 
 
 def _ends_with_newline(path: str) -> bool:
@@ -162,46 +208,91 @@ def run_sweep(
 ) -> tuple[list[dict], int, float]:
     """Trains the configs not yet in ``out/results.jsonl``, appending each chunk's results as it finishes.
 
-    Writes ``out/study.json`` (the settings), shows progress bars over configs and
-    epochs, and returns ``(records of all configs in their order, configs run now, seconds)``.
+    Every group is planned first (chunks, device memory: a config too large for
+    a device stops the sweep here, before anything compiles); each chunk's
+    configs are sharded over this process's devices. With several processes
+    (``jax.distributed``), process ``p`` runs every ``P``-th remaining chunk and
+    appends to ``results.p<p>.jsonl``; process 0 merges them into
+    ``results.jsonl`` at the end. Writes ``out/study.json`` (the settings), shows
+    progress bars over configs and epochs, and returns ``(records of all configs
+    in their order, configs run now, seconds)``.
     """
-    from asgd_jax.sweep import group_configs, run_group
+    import jax
 
-    results = ResultsFile(os.path.join(out, "results.jsonl"))
+    from asgd_jax import Trainer, sweep
+
+    pid, nproc = jax.process_index(), jax.process_count()
+    main_path = os.path.join(out, "results.jsonl")
+    parts = [os.path.join(out, f"results.p{k}.jsonl") for k in range(nproc)] if nproc > 1 else []
+    results = ResultsFile(
+        parts[pid] if parts else main_path, extra_paths=[main_path, *parts] if parts else ()
+    )
+    if results.repaired:
+        print(f"note: moved the cut-off last line of {results.path} to {results.path}.partial (a killed run)")
     if results.skipped_lines:
-        print(
-            f"warning: skipped {results.skipped_lines} unreadable line(s) of {results.path} (a killed run?)"
-        )
-    todo = [c for c in configs if not results.has(c)]
-    groups = group_configs(todo)
+        print(f"warning: skipped {results.skipped_lines} unreadable line(s) of {results.path}")
+    mesh = sweep.local_mesh() if jax.local_device_count() > 1 else None
+    devices = 1 if mesh is None else mesh.devices.size
+    plans = []
+    try:
+        for g in sweep.group_configs(configs):
+            trainer = Trainer(g.train_config, dataset)
+            fit = sweep.max_configs_per_device(trainer)
+            plans += [
+                (trainer, ch)
+                for ch in sweep.plan_chunks(g, chunk_size=chunk_size, num_devices=devices, max_per_device=fit)
+            ]
+    except sweep.SweepMemoryError as e:
+        raise UsageError(str(e)) from None
+    todo = [(t, ch) for t, ch in plans if not all(results.has(c) for c in ch.configs)]
+    mine = todo[pid::nproc]
     with open(os.path.join(out, "study.json"), "w", encoding="utf-8") as f:
         json.dump({"study": study, "settings": settings, "num_configs": len(configs)}, f, indent=2)
+    num_todo = sum(sum(not results.has(c) for c in ch.configs) for _, ch in mine)
+    where = f" over {devices} devices" if devices > 1 else ""
+    where += f", process {pid} of {nproc}" if nproc > 1 else ""
     print(
         f"{study}: {len(configs)} configs on {dataset.name} ({dataset.num_train} train / {dataset.num_test} test), "
-        f"{len(configs) - len(todo)} already in {results.path}; {len(groups)} group(s) to run"
+        f"{sum(results.has(c) for c in configs)} already in {results.path}; "
+        f"{len(mine)} chunk(s) to run{where}"
     )
     t0 = time.perf_counter()
-    with progress(total=len(todo), desc="configs", unit="cfg", position=0) as bar:
-        for g in groups:
-            tc = g.train_config
+    with progress(total=num_todo, desc="configs", unit="cfg", position=0) as bar:
+        for trainer, chunk in mine:
+            tc = trainer.config
             bar.set_postfix_str(
-                f"group {tc.optimizer} bs={tc.batch_size} max_delay={tc.max_delay} ({len(g.configs)} cfgs)"
+                f"group {tc.optimizer} bs={tc.batch_size} max_delay={tc.max_delay} ({len(chunk.configs)} cfgs)"
             )
-            epochs = progress(total=tc.epochs, desc="  epochs", unit="ep", position=1, leave=False)
+            with progress(total=tc.epochs, desc="  epochs", unit="ep", position=1, leave=False) as epochs:
 
-            def on_epoch(ci, e, metrics, epochs=epochs):
-                if e == 0:
-                    epochs.reset()
-                epochs.update(1)
-                epochs.set_postfix_str(f"acc={np.nanmax(metrics['test_accuracy']):.3f}")
+                def on_epoch(e, metrics, epochs=epochs):
+                    epochs.update(1)
+                    epochs.set_postfix_str(f"acc={np.nanmax(metrics['test_accuracy']):.3f}")
 
-            def on_chunk(chunk_results):
-                results.append(chunk_results)
-                bar.update(len(chunk_results))
+                chunk_results = sweep.run_chunk(chunk, trainer, loop=loop, mesh=mesh, on_epoch=on_epoch)
+            before = len(results.records)
+            results.append(chunk_results)
+            bar.update(len(results.records) - before)
+    wall = time.perf_counter() - t0
+    if parts:
+        results = _merge_process_results(main_path, parts, configs, pid)
+    return results.select(configs), num_todo, wall
 
-            run_group(g, dataset, loop=loop, chunk_size=chunk_size, on_epoch=on_epoch, on_chunk=on_chunk)
-            epochs.close()
-    return results.select(configs), len(todo), time.perf_counter() - t0
+
+def _merge_process_results(main_path: str, parts: list[str], configs: list[dict], pid: int) -> ResultsFile:
+    """After every process finished: process 0 appends the per-process results to results.jsonl in config order."""
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices("asgd_jax run_sweep: all chunks done")
+    merged = ResultsFile(main_path)
+    if pid == 0:
+        everything = ResultsFile(main_path, extra_paths=parts)
+        merged.append([r for r in everything.select(configs)])
+        for p in parts:
+            if os.path.exists(p):
+                os.remove(p)
+    multihost_utils.sync_global_devices("asgd_jax run_sweep: merged")
+    return ResultsFile(main_path)
 
 
 def run_study(study: str, args, settings: dict, make_configs):
