@@ -121,7 +121,7 @@ def _s2d_features(x, k1, b1, k2, b2):
     as four shifted slices times one matrix; pool 1 is then a max over channel
     groups, and its output is already in the 2×2-block layout that conv 2
     (5×5 VALID) needs as a 3×3 convolution on 2×2 blocks (24 → 64 channels),
-    whose pool is again a max over channel groups. Max-pool and ReLU commute,
+    again computed as shifted slices times one matrix, whose pool is again a max over channel groups. Max-pool and ReLU commute,
     so ReLU follows the pool. Returns ``(B, H/4 − 2, W/4 − 2, 16)`` =
     ``relu(pool(conv2(relu(pool(conv1(x))))))`` in NHWC.
 
@@ -139,10 +139,11 @@ def _s2d_features(x, k1, b1, k2, b2):
     # y channels (d, g, c) with d = 2·e + a: pool over (a, b) leaves (e, f, c) = 2×2 blocks.
     y = _pool22(y.reshape(bsz * oh * ow * 2, 2, 2, 2, 6))
     hblk = jax.nn.relu(y).reshape(bsz, oh, ow, 24)
-    y = jax.lax.conv_general_dilated(
-        hblk, _s2d_kernel(k2, 2), (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
-    ) + jnp.tile(b2, 4)
-    ph, pw = y.shape[1], y.shape[2]
+    # conv 2 as 9 shifted slices times one matrix too: on XLA:CPU this im2col form (and its kernel
+    # gradient, one matmul) runs about 2.4x faster than lax.conv_general_dilated at batch 512.
+    ph, pw = oh - 2, ow - 2
+    cols = jnp.concatenate([hblk[:, i : i + ph, j : j + pw, :] for i in range(3) for j in range(3)], axis=-1)
+    y = cols.reshape(-1, 9 * 24) @ _s2d_kernel(k2, 2).reshape(9 * 24, 64) + jnp.tile(b2, 4)
     y = _pool22(y.reshape(bsz * ph * pw, 2, 1, 2, 16))
     return jax.nn.relu(y).reshape(bsz, ph, pw, 16)
 
