@@ -45,15 +45,15 @@ PRESETS = {
     # About 20 minutes on a 2-core CPU with real Fashion-MNIST (apt-get install dataset-fashion-mnist).
     "medium": dict(
         data="idx:/usr/share/datasets/fashion-mnist",
-        epochs=3,
+        epochs=8,
         delays=[0, 32, 128, 256],
         seeds=[0],
-        sgd_learning_rates=[0.003, 0.01, 0.03],
+        sgd_learning_rates=[0.01, 0.03],
         sgd_batch_size=128,
         adam_learning_rate=2e-3,
         adam_batch_size=256,
-        adam_min_batch=32,
-        adam_lr_multipliers=[1.0, 4.0],
+        adam_min_batch=8,
+        adam_lr_multipliers=[2.0, 4.0, 8.0],
     ),
     # The paper's setting (GPU/TPU): MNIST, 30 epochs, delays 32/128/256 and 0.
     "paper": dict(
