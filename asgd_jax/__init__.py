@@ -18,7 +18,7 @@ from asgd_jax.train import (
     normalize_hparams,
     run_configs,
 )
-from asgd_jax import data, timing
+from asgd_jax import data, problems, timing
 from asgd_jax.simulator import (
     COMPENSATIONS,
     SERVER_RULES,
@@ -52,6 +52,7 @@ __all__ = [
     "normalize_hparams",
     "run_configs",
     "data",
+    "problems",
     "timing",
     "asynchronous",
     "next_worker",

@@ -12,6 +12,12 @@ A *source spec* is a short string (the CLI's ``--data``):
 images in ``[0, 1]``, int32 labels). Nothing is cached on disk. Every failure is
 a :class:`DataSourceError` with a one-line message that says how to fix it.
 
+Feature-vector data for logistic regression (the ``asgrad`` study) has its own
+source, ``libsvm:<path>``: a LIBSVM / svmlight text file (``<label>
+<index>:<value> ...`` per line, optionally ``.gz`` or ``.bz2``), checked by
+:func:`parse_libsvm` and read by :func:`load_libsvm` into a dense float32 matrix
+and labels in ``{-1, +1}``.
+
 Example:
 
 >>> from experiments import sources
@@ -33,11 +39,14 @@ import numpy as np
 from asgd_jax import data as data_lib
 
 __all__ = [
-    "DataSourceError",
-    "SOURCES_HELP",
     "IDX_FILES",
-    "parse_source",
+    "LIBSVM_HELP",
+    "SOURCES_HELP",
+    "DataSourceError",
+    "load_libsvm",
     "load_source",
+    "parse_libsvm",
+    "parse_source",
 ]
 
 SOURCES_HELP = (
@@ -135,6 +144,11 @@ def parse_source(spec: str) -> tuple[str, str]:
         if arg != arg.strip():
             raise DataSourceError(f"'{spec}': TFDS name has surrounding spaces; write e.g. tfds:mnist")
         return ("tfds", arg)
+    if sep and scheme == "libsvm":
+        raise DataSourceError(
+            f"'{spec}' is a LIBSVM feature-vector file (logistic regression), which only the asgrad study reads; "
+            f"image studies take {_VALID_FORMS}"
+        )
     if sep and scheme == "idx":
         if not arg:
             raise DataSourceError(f"'{spec}': empty directory; write idx:<dir>, {_IDX_HINT}")
@@ -419,3 +433,111 @@ def _load_tfds(name: str, *, data_dir: str | None, download: bool) -> data_lib.D
         )
     except ValueError as e:
         raise DataSourceError(f"tfds:{name}: {e}") from None
+
+
+# --- LIBSVM / svmlight --------------------------------------------------------------------------
+
+LIBSVM_HELP = (
+    "'libsvm:<path>' = a LIBSVM/svmlight text file, one sample a line: '<label> <index>:<value> ...' "
+    "(indices one-based as LIBSVM writes them, or zero-based; optionally .gz/.bz2), binary labels "
+    "(e.g. +1/-1 or 1/0, mapped to +1/-1); e.g. AsGrad's w7a or phishing from "
+    "https://www.csie.ntu.edu.tw/~cjlin/libsvmtools/datasets/binary.html"
+)
+_LIBSVM_FORMAT = "expected a LIBSVM/svmlight text file, one sample a line: '<label> <index>:<value> ...'"
+_MAX_DENSE_BYTES = 8 * 2**30
+
+
+def parse_libsvm(spec: str) -> str:
+    """Checks a ``libsvm:<path>`` spec without reading the file; returns the path (``~`` expanded).
+
+    Raises:
+      DataSourceError: (one line) not a ``libsvm:`` spec, an empty path, or no
+        such file.
+
+    Example:
+
+    >>> try:
+    ...     parse_libsvm("libsvm:/no/such/w7a")
+    ... except DataSourceError as e:
+    ...     print(e)
+    libsvm:/no/such/w7a: no such file /no/such/w7a; download it from https://www.csie.ntu.edu.tw/~cjlin/libsvmtools/datasets/binary.html or give the right path
+    """
+    if not isinstance(spec, str) or not spec.startswith("libsvm:"):
+        raise DataSourceError(f"{spec!r} is not a LIBSVM source; write libsvm:<path>")
+    path = spec[len("libsvm:") :]
+    if not path.strip():
+        raise DataSourceError(f"'{spec}': empty path; write libsvm:<path>, e.g. libsvm:data/w7a")
+    path = os.path.expanduser(path)
+    if os.path.isdir(path):
+        raise DataSourceError(f"{spec}: {path} is a directory; give the LIBSVM file itself")
+    if not os.path.isfile(path):
+        raise DataSourceError(
+            f"{spec}: no such file {path}; download it from "
+            "https://www.csie.ntu.edu.tw/~cjlin/libsvmtools/datasets/binary.html or give the right path"
+        )
+    return path
+
+
+def _pm1(y: np.ndarray, spec: str) -> np.ndarray:
+    """Binary labels to ``{-1, +1}``: of two values the smaller is -1; one value v is +1 if v > 0 else -1."""
+    values = np.unique(y)
+    if len(values) > 2:
+        shown = ", ".join(f"{v:g}" for v in values[:5]) + (", ..." if len(values) > 5 else "")
+        raise DataSourceError(
+            f"{spec}: {len(values)} distinct labels ({shown}); logistic regression needs binary labels "
+            "(e.g. +1/-1 or 1/0)"
+        )
+    if len(values) == 2:
+        return np.where(y == values[1], 1.0, -1.0).astype(np.float32)
+    return np.where(y > 0, 1.0, -1.0).astype(np.float32)
+
+
+def load_libsvm(spec: str) -> tuple[np.ndarray, np.ndarray]:
+    """Reads a ``libsvm:<path>`` file into a dense float32 matrix and labels in ``{-1, +1}``.
+
+    Parsing is ``sklearn.datasets.load_svmlight_file`` (``zero_based="auto"``: a
+    file without index 0 is one-based, LIBSVM's convention; ``#`` comments and
+    ``qid:`` fields are ignored; ``.gz``/``.bz2`` decompressed). Rows keep the
+    file's order (AsGrad's contiguous split depends on it); the feature count
+    is the largest index in the file. Binary labels are mapped to ``{-1, +1}``:
+    of two distinct values the smaller becomes -1 (so ``+1/-1``, ``1/0`` and
+    ``2/1`` all work); a file with one label value gives +1 if it is positive,
+    else -1.
+
+    Returns:
+      ``(A, b)``: float32 ``(m, d)`` features and float32 ``(m,)`` labels.
+
+    Raises:
+      DataSourceError: (one line) a missing file, a line that is not
+        ``<label> <index>:<value> ...``, no samples, more than two labels,
+        non-finite values, or a matrix too large to hold densely.
+
+    Example:
+
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "toy.svm")
+    >>> with open(path, "w") as f:
+    ...     _ = f.write("+1 1:0.5 3:2\\n-1 2:1\\n")
+    >>> A, b = load_libsvm("libsvm:" + path)
+    >>> A.tolist(), b.tolist()
+    ([[0.5, 0.0, 2.0], [0.0, 1.0, 0.0]], [1.0, -1.0])
+    """
+    path = parse_libsvm(spec)
+    from sklearn.datasets import load_svmlight_file
+
+    try:
+        X, y = load_svmlight_file(path, zero_based="auto", dtype=np.float64)
+    except (ValueError, OSError, EOFError, UnicodeDecodeError, zlib.error) as e:
+        raise DataSourceError(f"{spec}: cannot parse ({_first_line(e)}); {_LIBSVM_FORMAT}") from None
+    m, d = X.shape
+    if m == 0:
+        raise DataSourceError(f"{spec}: no samples in {path}; {_LIBSVM_FORMAT}")
+    if m * d * 4 > _MAX_DENSE_BYTES:
+        raise DataSourceError(
+            f"{spec}: {m} x {d} features take {m * d * 4 / 2**30:.1f} GiB as a dense float32 matrix "
+            f"(limit {_MAX_DENSE_BYTES / 2**30:.0f} GiB); use a smaller data set or fewer features"
+        )
+    A = np.asarray(X.toarray(), dtype=np.float32)
+    if not (np.isfinite(A).all() and np.isfinite(y).all()):
+        raise DataSourceError(f"{spec}: non-finite values (nan or inf) in {path}; fix or drop those lines")
+    return A, _pm1(np.asarray(y), spec)
