@@ -13,6 +13,7 @@ STUDIES = {
     "adam_vs_sgd": "experiments.adam_vs_sgd",
     "warmup": "experiments.warmup",
     "benchmark": "experiments.benchmark",
+    "asgrad": "experiments.asgrad",
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -287,5 +287,166 @@ def staleness_histogram_panels(panels: Sequence[Mapping], path: str, *, title: s
         axes[i // cols][i % cols].axis("off")
     if title:
         fig.suptitle(title, fontsize=11)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# --- asgrad: methods on heterogeneous logistic regression ----------------------------------------------
+
+_METHOD_STYLE = {
+    "pure": ("tab:red", "-"),
+    "random": ("tab:orange", "-"),
+    "shuffle": ("tab:blue", "-"),
+    "ssgd": ("black", "--"),
+    "rennala": ("tab:purple", "-."),
+    "ringmaster": ("tab:brown", "-."),
+    "adaptive": ("tab:green", ":"),
+}
+
+
+def _method_style(name: str, i: int):
+    return _METHOD_STYLE.get(name, (f"C{i % 10}", "-"))
+
+
+def grad_norm_curves(series: Sequence[Mapping], path: str, *, title: str = "") -> None:
+    """‖∇F(x)‖ of each method (its best step size) against gradients computed and against simulated time.
+
+    ``series``: mappings with ``method``, ``label``, ``calls``, ``time`` and
+    ``grad_norm`` (equal-length sequences; ``None``/non-finite points are not
+    drawn). Two panels, log-scale y: left against ``calls``, right against ``time``.
+    """
+    plt = _pyplot()
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13.0, 4.8), constrained_layout=True)
+    for i, s in enumerate(series):
+        color, ls = _method_style(s["method"], i)
+        y = np.array([np.nan if v is None else v for v in s["grad_norm"]], dtype=float)
+        y[~np.isfinite(y) | (y <= 0)] = np.nan
+        for a, xkey in ((ax, "calls"), (bx, "time")):
+            a.plot(np.asarray(s[xkey], dtype=float), y, color=color, ls=ls, lw=1.5, label=s["label"])
+    for a, xlabel in (
+        (ax, "gradients computed (update calls)"),
+        (bx, "simulated time"),
+    ):
+        a.set_yscale("log")
+        a.set_xlabel(xlabel)
+        a.set_ylabel("‖∇F(x)‖ (full gradient, log scale)")
+        a.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    ax.set_title("against iterations", fontsize=10)
+    bx.set_title("against simulated time", fontsize=10)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def worker_shares(
+    methods: Sequence[str],
+    shares: Sequence[Sequence[float]],
+    path: str,
+    *,
+    predicted: Sequence[float] | None = None,
+    title: str = "",
+) -> None:
+    """Grouped bars: each method's share of the applied updates per worker, with reference lines.
+
+    ``shares[i][w]`` is method ``i``'s fraction of applied gradients that came
+    from worker ``w``. A dashed line marks the equal share ``1/n``; ``predicted``
+    (e.g. pure ASGD's ``∝ 1/s_w``) is drawn as black markers.
+    """
+    plt = _pyplot()
+    shares = np.asarray(shares, dtype=float)
+    k, n = shares.shape
+    fig, ax = plt.subplots(figsize=(max(7.5, 0.9 * n + 3), 4.6), constrained_layout=True)
+    width = 0.8 / k
+    x = np.arange(n)
+    for i, name in enumerate(methods):
+        color, _ = _method_style(name, i)
+        ax.bar(x - 0.4 + width * (i + 0.5), shares[i], width=width, color=color, alpha=0.8, label=name)
+    ax.axhline(1.0 / n, color="gray", ls="--", lw=1.2, label=f"equal share 1/n = {1 / n:.3f}")
+    if predicted is not None:
+        ax.plot(x, predicted, "k_", ms=18, mew=2.5, label="∝ 1/(mean compute time)")
+    ax.set_xticks(x, [str(w + 1) for w in range(n)])
+    ax.set_xlabel("worker (ordered by mean compute time)")
+    ax.set_ylabel("share of applied updates")
+    ax.legend(fontsize=8, ncol=2)
+    ax.grid(True, axis="y", alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def staleness_by_method(panels: Sequence[Mapping], path: str, *, title: str = "", max_bins: int = 60) -> None:
+    """One staleness histogram per method (fraction of arrivals per integer staleness).
+
+    ``panels``: mappings with ``method``, ``staleness`` (consecutive integer
+    bins), ``count``, and optionally ``threshold`` (a staleness above which
+    arrivals were dropped, drawn as a red line) and ``note`` (added to the title).
+    Wide histograms are drawn in bins of several integers.
+    """
+    plt = _pyplot()
+    k = len(panels)
+    cols = min(k, 4)
+    rows = math.ceil(k / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.8 * cols, 3.0 * rows + 0.5), squeeze=False,
+                             constrained_layout=True)
+    for i, p in enumerate(panels):
+        ax = axes[i // cols][i % cols]
+        values = np.asarray(p["staleness"], dtype=int)
+        counts = np.asarray(p["count"], dtype=float)
+        total = counts.sum()
+        color, _ = _method_style(p["method"], i)
+        if total > 0:
+            width = max(1, math.ceil(len(values) / max_bins))
+            pad = (-len(counts)) % width
+            counts = np.concatenate([counts, np.zeros(pad)]).reshape(-1, width).sum(axis=1)
+            centres = values[0] + width * np.arange(len(counts)) + (width - 1) / 2
+            ax.bar(centres, counts / total, width=width, color=color, alpha=0.7, edgecolor="white")
+            mean = float(np.dot(np.asarray(p["staleness"], float), np.asarray(p["count"], float)) / total)
+            ax.axvline(mean, color="black", ls="--", lw=1.0, label=f"mean {mean:.1f}")
+        if p.get("threshold") is not None:
+            ax.axvline(p["threshold"] + 0.5, color="tab:red", lw=1.2, label=f"dropped above R = {p['threshold']}")
+        name = p["method"] + (f" ({p['note']})" if p.get("note") else "")
+        ax.set_title(f"{name}: {int(total)} arrivals", fontsize=9)
+        ax.set_xlabel("staleness τ", fontsize=9)
+        ax.set_ylabel("fraction of arrivals", fontsize=9)
+        if total > 0 or p.get("threshold") is not None:
+            ax.legend(fontsize=7.5, loc="upper right")
+    for i in range(k, rows * cols):
+        axes[i // cols][i % cols].axis("off")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def step_size_scores(
+    methods: Sequence[str], step_sizes: Sequence[float], scores: Sequence[Sequence[float]], path: str,
+    *, ylabel: str = "best ‖∇F(x)‖ reached", title: str = "",
+) -> None:
+    """Each method's score against the step size (log-log), its best step circled.
+
+    ``scores[i][j]``: method ``i`` at ``step_sizes[j]`` (non-finite: diverged, not drawn).
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.6), constrained_layout=True)
+    steps = np.asarray(step_sizes, dtype=float)
+    for i, name in enumerate(methods):
+        color, ls = _method_style(name, i)
+        y = np.array([np.nan if v is None else v for v in scores[i]], dtype=float)
+        y[~np.isfinite(y) | (y <= 0)] = np.nan
+        ax.plot(steps, y, color=color, ls=ls, marker="o", ms=4, lw=1.3, label=name)
+        if np.isfinite(y).any():
+            j = int(np.nanargmin(y))
+            ax.plot(steps[j], y[j], "o", ms=11, mfc="none", mec=color, mew=2)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("step size γ (log₂ scale)")
+    ax.set_ylabel(ylabel + " (log scale)")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    if title:
+        ax.set_title(title, fontsize=10)
     fig.savefig(path, dpi=120)
     plt.close(fig)
