@@ -9,8 +9,15 @@ size and each way of driving a group of K configs:
 * ``step, K x chunk 1``: K configs one after another through the same program
   (what the sweep engine does on CPU);
 * ``scan, vmap K``: K configs vmapped, the epoch's steps inside ``lax.scan``;
+* ``engine``: what :func:`asgd_jax.sweep.run_group` does by default on this backend
+  (:func:`asgd_jax.train.default_loop` and :func:`asgd_jax.sweep.default_chunk_size`);
 * ``torch`` (with ``--torch``): the PyTorch baseline of experiments/torch_baseline.py
   (delayed ``torch.optim.SGD``, delay 4, configs one by one), timed the same way.
+
+A summary per batch size gives the ratio engine / torch and the fraction of the
+machine's arithmetic limit reached: LeNet-5's useful FLOPs per training sample
+(:func:`lenet5_flops_per_sample`) × samples/s over a measured float32 matmul
+peak (:func:`matmul_peak_flops`).
 
 It also measures the cost of the simulation itself: one jitted LeNet-5 step
 (gradient + server update) through ``asgd_jax.asynchronous`` with 16 workers
@@ -51,8 +58,45 @@ def add_arguments(p) -> None:
     p.add_argument("--out", default=os.path.join("runs", "benchmark"), help="output directory")
 
 
-def _measure(trainer, k: int, loop: str, chunk: int) -> float:
-    """Config-samples per second of one epoch after a warm-up epoch."""
+def lenet5_flops_per_sample(channels: int = 1, classes: int = 10) -> int:
+    """Useful FLOPs of one LeNet-5 training sample (forward + backward), multiply-adds × 2.
+
+    Forward multiply-adds per layer (28×28 input): conv 1 ``28·28 · 5·5·C · 6``
+    (117 600 for C = 1), conv 2 ``10·10 · 5·5·6 · 16`` (240 000), dense
+    ``400·120 + 120·84 + 84·classes`` (58 920): 416 520 in all. The backward
+    pass costs one more of each for the weight gradients and one more of each
+    for the input gradients, except into the image (conv 1). Elementwise work
+    (ReLU, pools, loss, optimizer) is not counted. For C = 1 and 10 classes:
+    2 · (3 · 416 520 − 117 600) = 2 263 920.
+
+    >>> lenet5_flops_per_sample()
+    2263920
+    """
+    conv1 = 28 * 28 * 5 * 5 * channels * 6
+    conv2 = 10 * 10 * 5 * 5 * 6 * 16
+    dense = 400 * 120 + 120 * 84 + 84 * classes
+    forward = conv1 + conv2 + dense
+    return 2 * (3 * forward - conv1)
+
+
+def matmul_peak_flops(n: int = 1024, repeats: int = 10) -> float:
+    """Float32 FLOP/s of the best of ``repeats`` jitted ``n×n @ n×n`` matmuls (``2·n³`` FLOPs each)."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    f = jax.jit(lambda a: a @ a)
+    jax.block_until_ready(f(a))
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(a))
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def _measure(trainer, k: int, loop: str, chunk: int | None) -> float:
+    """Config-samples per second of one epoch after a warm-up epoch (``chunk`` 0 or None: all ``k`` at once)."""
     import jax
     import jax.numpy as jnp
     from asgd_jax import run_configs
@@ -155,22 +199,60 @@ def run(args) -> int:
     rows, overhead = [], []
     for b in batch_sizes if args.only != "overhead" else []:
         trainer = Trainer(TrainConfig(batch_size=b, epochs=2, max_delay=8), ds)
+        from asgd_jax.sweep import default_chunk_size
+        from asgd_jax.train import default_loop
+
+        engine = f"engine ({default_loop()}, chunk {default_chunk_size() or k})"
         for label, kk, loop, chunk in (
+            (engine, k, "auto", default_chunk_size()),
             ("step, K=1", 1, "step", 0),
             (f"step, vmap {k}", k, "step", 0),
             (f"step, {k} x chunk 1", k, "step", 1),
             (f"scan, vmap {k}", k, "scan", 0),
         ):
             rate = _measure(trainer, kk, loop, chunk)
-            rows.append({"batch_size": b, "driver": label, "configs": kk, "config_samples_per_s": rate})
-            print(f"batch {b:5d}  {label:<18} {rate:10.0f} config-samples/s", flush=True)
+            rows.append(
+                {
+                    "batch_size": b,
+                    "driver": label,
+                    "configs": kk,
+                    "config_samples_per_s": rate,
+                    "engine": label == engine,
+                }
+            )
+            print(f"batch {b:5d}  {label:<22} {rate:10.0f} config-samples/s", flush=True)
         if args.torch:
             from experiments import torch_baseline
 
             label = f"torch, {os.cpu_count() or 1} threads"
             rate = torch_baseline.measure(b, delay=4, samples=args.samples, threads=os.cpu_count() or 1)
-            rows.append({"batch_size": b, "driver": label, "configs": 1, "config_samples_per_s": rate})
-            print(f"batch {b:5d}  {label:<18} {rate:10.0f} config-samples/s", flush=True)
+            rows.append(
+                {"batch_size": b, "driver": label, "configs": 1, "config_samples_per_s": rate, "torch": True}
+            )
+            print(f"batch {b:5d}  {label:<22} {rate:10.0f} config-samples/s", flush=True)
+    summary = []
+    if rows:
+        peak = matmul_peak_flops()
+        flops = lenet5_flops_per_sample()
+        print(
+            f"\nmatmul peak {peak / 1e9:.0f} GFLOP/s (f32 1024^3, jitted); LeNet-5 {flops / 1e6:.2f} MFLOP/sample"
+        )
+        for b in batch_sizes:
+            mine = [r for r in rows if r["batch_size"] == b]
+            eng = next(r["config_samples_per_s"] for r in mine if r.get("engine"))
+            tor = next((r["config_samples_per_s"] for r in mine if r.get("torch")), None)
+            row = {
+                "batch_size": b,
+                "engine_config_samples_per_s": eng,
+                "torch_samples_per_s": tor,
+                "ratio_engine_to_torch": None if tor is None else eng / tor,
+                "engine_fraction_of_peak": eng * flops / peak,
+                "torch_fraction_of_peak": None if tor is None else tor * flops / peak,
+            }
+            summary.append(row)
+            ratio = "" if tor is None else f"  engine/torch {row['ratio_engine_to_torch']:.2f}x"
+            tfrac = "" if tor is None else f", torch {100 * row['torch_fraction_of_peak']:.1f} %"
+            print(f"batch {b:5d}{ratio}  of peak: engine {100 * row['engine_fraction_of_peak']:.1f} %{tfrac}")
     for b in batch_sizes if args.only != "throughput" else []:
         for row in _overhead(b, args.workers):
             overhead.append(row)
@@ -186,6 +268,9 @@ def run(args) -> int:
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
         "rows": rows,
+        "summary": summary,
+        "matmul_peak_flops": peak if rows else None,
+        "lenet5_flops_per_sample": lenet5_flops_per_sample(),
         "overhead": overhead,
     }
     with open(os.path.join(out, "benchmark.json"), "w", encoding="utf-8") as f:

@@ -1,0 +1,39 @@
+"""The benchmark study: its FLOP count (hand-derived) and a tiny end-to-end run."""
+
+import json
+
+from experiments import benchmark
+from experiments.__main__ import main
+
+
+def test_lenet5_flops_hand_derived():
+    # Forward multiply-adds: conv1 28*28*25*6 = 117 600, conv2 10*10*150*16 = 240 000,
+    # dense 400*120 + 120*84 + 84*10 = 58 920; backward = weight grads (all) + input grads (not conv1).
+    assert benchmark.lenet5_flops_per_sample() == 2 * (117_600 * 2 + 240_000 * 3 + 58_920 * 3)
+    # Three input channels triple conv1's count only.
+    assert benchmark.lenet5_flops_per_sample(channels=3) - benchmark.lenet5_flops_per_sample() == 2 * 2 * 2 * 117_600
+
+
+def test_matmul_peak_is_plausible():
+    peak = benchmark.matmul_peak_flops(n=256, repeats=3)
+    assert 1e8 < peak < 1e14
+
+
+def test_tiny_benchmark_writes_summary(tmp_path, capsys):
+    out = tmp_path / "bench"
+    argv = ["benchmark", "--only", "throughput", "--batch-sizes", "32", "--configs", "2", "--samples", "128"]
+    assert main([*argv, "--out", str(out)]) == 0
+    info = json.loads((out / "benchmark.json").read_text())
+    drivers = [r["driver"] for r in info["rows"]]
+    assert sum(r.get("engine", False) for r in info["rows"]) == 1 and len(drivers) == 5
+    assert all(r["config_samples_per_s"] > 0 for r in info["rows"])
+    (row,) = info["summary"]
+    eng = next(r["config_samples_per_s"] for r in info["rows"] if r.get("engine"))
+    assert row["engine_fraction_of_peak"] == eng * info["lenet5_flops_per_sample"] / info["matmul_peak_flops"]
+    assert row["ratio_engine_to_torch"] is None  # no --torch
+    assert "of peak" in capsys.readouterr().out
+
+
+def test_bad_batch_size_is_one_line_error(tmp_path, capsys):
+    assert main(["benchmark", "--batch-sizes", "64", "--samples", "32", "--out", str(tmp_path / "b")]) != 0
+    assert "--batch-sizes" in capsys.readouterr().err
