@@ -6,6 +6,9 @@ A *source spec* is a short string (the CLI's ``--data``):
 * ``tfds:<name>`` — a TFDS data set already prepared on disk, read with
   ``tfds.data_source`` (no TensorFlow needed to read).
 * ``idx:<dir>`` — a directory with the four standard MNIST / Fashion-MNIST IDX files.
+* ``random:<n>`` — ``n`` random MNIST-shaped training images with random labels
+  (and 10 000 test images): for timing a study at full size with no files
+  (accuracy stays at chance).
 
 :func:`parse_source` checks a spec cheaply, without loading anything;
 :func:`load_source` loads it into an :class:`asgd_jax.data.Dataset` (float32 NHWC
@@ -56,7 +59,8 @@ SOURCES_HELP = (
     "splits 'train' and 'test', features 'image' and 'label'; see --data-dir); "
     "'idx:<dir>' = a directory holding train-images-idx3-ubyte, train-labels-idx1-ubyte, "
     "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, each optionally .gz "
-    "(e.g. idx:/usr/share/datasets/fashion-mnist from Debian's dataset-fashion-mnist package)"
+    "(e.g. idx:/usr/share/datasets/fashion-mnist from Debian's dataset-fashion-mnist package); "
+    "'random:<n>' = n random 28x28 images with random labels (+ 10000 test), for timing only, e.g. random:60000"
 )
 
 #: The four files an ``idx:<dir>`` source needs, keyed by role; each may end in ``.gz``.
@@ -68,13 +72,16 @@ IDX_FILES = {
 }
 
 _VALID_FORMS = (
-    "'digits', 'tfds:<name>' (e.g. tfds:mnist) or 'idx:<dir>' (e.g. idx:/usr/share/datasets/fashion-mnist)"
+    "'digits', 'tfds:<name>' (e.g. tfds:mnist), 'idx:<dir>' (e.g. idx:/usr/share/datasets/fashion-mnist) "
+    "or 'random:<n>' (timing only)"
 )
 _IDX_HINT = (
     "expected the four standard MNIST/Fashion-MNIST IDX files (on Debian: apt-get install "
     "dataset-fashion-mnist puts them in /usr/share/datasets/fashion-mnist)"
 )
 _DIGITS_TEST_SIZE = 360
+_RANDOM_MAX = 10_000_000
+_RANDOM_TEST_SIZE = 10_000
 _DIGITS_SEED = 0
 
 
@@ -131,7 +138,7 @@ def parse_source(spec: str) -> tuple[str, str]:
     ...     parse_source("csv:/tmp/x")
     ... except DataSourceError as e:
     ...     print(e)
-    unknown data source 'csv:/tmp/x'; use 'digits', 'tfds:<name>' (e.g. tfds:mnist) or 'idx:<dir>' (e.g. idx:/usr/share/datasets/fashion-mnist)
+    unknown data source 'csv:/tmp/x'; use 'digits', 'tfds:<name>' (e.g. tfds:mnist), 'idx:<dir>' (e.g. idx:/usr/share/datasets/fashion-mnist) or 'random:<n>' (timing only)
     """
     if not isinstance(spec, str):
         raise DataSourceError(f"data source must be a string, got {type(spec).__name__}; use {_VALID_FORMS}")
@@ -149,6 +156,13 @@ def parse_source(spec: str) -> tuple[str, str]:
             f"'{spec}' is a LIBSVM feature-vector file (logistic regression), which only the asgrad study reads; "
             f"image studies take {_VALID_FORMS}"
         )
+    if sep and scheme == "random":
+        if not arg.isdigit() or not 1 <= int(arg) <= _RANDOM_MAX:
+            raise DataSourceError(
+                f"'{spec}': write random:<n> with n a whole number of training images in 1..{_RANDOM_MAX}, "
+                "e.g. random:60000"
+            )
+        return ("random", arg)
     if sep and scheme == "idx":
         if not arg:
             raise DataSourceError(f"'{spec}': empty directory; write idx:<dir>, {_IDX_HINT}")
@@ -200,7 +214,17 @@ def load_source(spec: str, *, data_dir: str | None = None, download: bool = Fals
         return _load_digits()
     if kind == "idx":
         return _load_idx(spec, arg)
+    if kind == "random":
+        return _load_random(int(arg))
     return _load_tfds(arg, data_dir=data_dir, download=download)
+
+
+def _load_random(n: int) -> data_lib.Dataset:
+    """``n`` + 10 000 uniform random 28×28 uint8 images (fixed seed 0), labels uniform in 0..9."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (n + _RANDOM_TEST_SIZE, 28, 28), dtype=np.uint8)
+    y = rng.integers(0, 10, n + _RANDOM_TEST_SIZE)
+    return data_lib.make_dataset(x[:n], y[:n], x[n:], y[n:], name=f"random:{n}")
 
 
 # --- digits -------------------------------------------------------------------------------------

@@ -341,3 +341,15 @@ def test_real_fashion_mnist():
     assert (ds.num_train, ds.num_test, ds.image_shape) == (60000, 10000, (28, 28, 1))
     np.testing.assert_array_equal(np.bincount(ds.y_train), np.full(10, 6000))
     assert ds.x_train.dtype == np.float32 and ds.x_train.max() == 1.0
+
+
+def test_random_source_for_timing():
+    ds = sources.load_source("random:300")
+    assert (ds.num_train, ds.num_test, ds.image_shape, ds.num_classes) == (300, 10_000, (28, 28, 1), 10)
+    assert ds.name == "random:300" and 0.0 <= float(ds.x_train.min()) and float(ds.x_train.max()) <= 1.0
+    # Fixed seed: the same images every time; the test images are not the training images.
+    np.testing.assert_array_equal(ds.x_train, sources.load_source("random:300").x_train)
+    assert not np.array_equal(ds.x_train[:10], ds.x_test[:10])
+    for bad in ("random:", "random:abc", "random:0", "random:-3", "random:1.5"):
+        with pytest.raises(sources.DataSourceError, match="random:<n>"):
+            sources.parse_source(bad)
