@@ -6,9 +6,9 @@ size and each way of driving a group of K configs:
 
 * ``step, K=1``: one config, a jitted step called from Python per step;
 * ``step, vmap K``: K configs vmapped into one step;
-* ``step, K x chunk 1``: K configs one after another through the same program
-  (what the sweep engine does on CPU);
-* ``scan, vmap K``: K configs vmapped, the epoch's steps inside ``lax.scan``;
+* ``step, K x chunk 1``: K configs one after another through the same program;
+* ``scan, K=1`` / ``scan, vmap K``: one config / K configs vmapped, the epoch's
+  steps inside ``lax.scan``;
 * ``engine``: what :func:`asgd_jax.sweep.run_group` does by default on this backend
   (:func:`asgd_jax.train.default_loop` and :func:`asgd_jax.sweep.default_chunk_size`);
 * ``torch`` (with ``--torch``): the PyTorch baseline of experiments/torch_baseline.py
@@ -208,6 +208,7 @@ def run(args) -> int:
             ("step, K=1", 1, "step", 0),
             (f"step, vmap {k}", k, "step", 0),
             (f"step, {k} x chunk 1", k, "step", 1),
+            ("scan, K=1", 1, "scan", 0),
             (f"scan, vmap {k}", k, "scan", 0),
         ):
             rate = _measure(trainer, kk, loop, chunk)

@@ -100,12 +100,12 @@ def add_arguments(p) -> None:
         "--loop",
         choices=["auto", "step", "scan"],
         default="auto",
-        help="step: jitted steps driven from Python (fast on CPU); scan: one program per epoch",
+        help="scan (auto): each epoch one compiled program; step: one jitted step per call from Python",
     )
     p.add_argument(
         "--chunk-size",
         type=int,
-        help="configs vmapped per call (default: 1 on CPU, the whole group on GPU/TPU; 0 = whole group)",
+        help="configs vmapped per call and device (default: 4 on CPU, the whole group on GPU/TPU; 0 = whole group)",
     )
 
 

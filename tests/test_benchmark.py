@@ -25,7 +25,7 @@ def test_tiny_benchmark_writes_summary(tmp_path, capsys):
     assert main([*argv, "--out", str(out)]) == 0
     info = json.loads((out / "benchmark.json").read_text())
     drivers = [r["driver"] for r in info["rows"]]
-    assert sum(r.get("engine", False) for r in info["rows"]) == 1 and len(drivers) == 5
+    assert sum(r.get("engine", False) for r in info["rows"]) == 1 and len(drivers) == 6
     assert all(r["config_samples_per_s"] > 0 for r in info["rows"])
     (row,) = info["summary"]
     eng = next(r["config_samples_per_s"] for r in info["rows"] if r.get("engine"))
