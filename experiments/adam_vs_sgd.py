@@ -109,7 +109,7 @@ def add_arguments(p) -> None:
     p.add_argument("--adam-min-batch", type=int, help="floor of the halved batch size")
     p.add_argument("--adam-lr-multipliers", help="comma-separated multipliers of the heuristic learning rate")
     p.add_argument("--loop", choices=["auto", "step", "scan"], default="auto")
-    p.add_argument("--chunk-size", type=int, help="configs vmapped per call and device (default: 4 on CPU, the whole group elsewhere)")
+    p.add_argument("--chunk-size", type=int, help="configs vmapped per call and device (default: 2 on CPU, the whole group elsewhere)")
 
 
 def settings_from_args(args) -> dict:

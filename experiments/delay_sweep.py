@@ -105,7 +105,7 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--chunk-size",
         type=int,
-        help="configs vmapped per call and device (default: 4 on CPU, the whole group on GPU/TPU; 0 = whole group)",
+        help="configs vmapped per call and device (default: 2 on CPU, the whole group on GPU/TPU; 0 = whole group)",
     )
 
 

@@ -81,7 +81,7 @@ def add_arguments(p) -> None:
     p.add_argument("--warmup-epochs", help="comma-separated warm-up lengths in epochs (0: none), e.g. 0,1,3")
     p.add_argument("--seeds", help="comma-separated seeds")
     p.add_argument("--loop", choices=["auto", "step", "scan"], default="auto")
-    p.add_argument("--chunk-size", type=int, help="configs vmapped per call and device (default: 4 on CPU, the whole group elsewhere)")
+    p.add_argument("--chunk-size", type=int, help="configs vmapped per call and device (default: 2 on CPU, the whole group elsewhere)")
 
 
 def settings_from_args(args) -> dict:
