@@ -244,6 +244,44 @@ def test_changed_grid_never_reuses_other_configs(tmp_path, uninterrupted):
     assert sorted(r["epochs"] for r in records) == [1] * 10 + [2] * 10
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_split_the_sweep_and_merge_to_the_same_results(tmp_path, uninterrupted):
+    """``--distributed`` with two local processes (jax.distributed over a gloo coordinator on this host).
+
+    Each process runs its share of the chunks; process 0 merges, and results.jsonl
+    equals the one-process run byte for byte.
+    """
+    env = {**os.environ, "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{_free_port()}", "JAX_NUM_PROCESSES": "2"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "experiments", "--distributed", *_SWEEP, "--out", str(tmp_path)],
+            cwd=ROOT,
+            env={**env, "JAX_PROCESS_ID": str(i)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+    assert (tmp_path / "results.jsonl").read_bytes() == uninterrupted
+    assert not list(tmp_path.glob("results.p*.jsonl"))  # merged and removed
+    shares = []
+    for i, log in enumerate(logs):
+        head = next(line for line in log.splitlines() if line.startswith("delay_sweep:"))
+        assert f"process {i} of 2" in head, head
+        shares.append(int(head.split(" chunk(s) to run")[0].rsplit(" ", 1)[1]))
+    assert all(n >= 1 for n in shares), shares  # both processes trained something
+
+
 def test_results_file_appends_only_new_configs(tmp_path):
     f = common.ResultsFile(str(tmp_path / "results.jsonl"))
     f.append([{"config_id": "a", "x": 1.0, "seconds": 3.0}, {"config_id": "b", "x": float("nan")}])
