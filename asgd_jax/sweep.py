@@ -9,6 +9,13 @@ delay of a group runs in the same compiled program. A group is trained by
 :func:`run_group`, which vmaps :class:`~asgd_jax.Trainer` over its configs in
 chunks of ``chunk_size``.
 
+A config with ``system="async"`` trains through the event model
+(:func:`asgd_jax.asynchronous`) instead of a constant delay: its static fields
+add :data:`ASYNC_STATIC_FIELDS` (``max_workers`` defaults to its ``workers``),
+and it vmaps over ``workers``, ``dc_lambda``, the compute-time model's numbers
+and the introduction schedule (:data:`asgd_jax.train.ASYNC_HPARAMS`) instead of
+``delay``; its results add ``sim_time_per_epoch`` and ``server_steps_per_epoch``.
+
 A config's result depends only on the config itself (its seed fixes the
 initial parameters and the data order), never on the group or chunk it ran in.
 :func:`config_id` names a config stably, so a driver can skip configs whose
@@ -30,10 +37,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from asgd_jax.train import GENERIC_HPARAMS, OPTIMIZERS, TrainConfig, Trainer, normalize_hparams, run_configs
+from asgd_jax.train import INT_HPARAMS, TrainConfig, Trainer, hparam_names, normalize_hparams, run_configs
 
 __all__ = [
     "STATIC_FIELDS",
+    "ASYNC_STATIC_FIELDS",
     "DESCRIPTIVE_FIELDS",
     "Group",
     "expand_grid",
@@ -58,6 +66,10 @@ CONFIG_AXIS = "configs"
 
 # Fields that fix a compiled program's shapes: configs differing here never share a group.
 STATIC_FIELDS = ("model", "optimizer", "batch_size", "epochs")
+# Static fields of configs with ``system="async"`` (present only in those configs, so configs of the
+# delay system keep the fields, and the config_id, they always had). ``max_workers`` defaults to the
+# config's ``workers``.
+ASYNC_STATIC_FIELDS = ("system", "max_workers", "server_rule", "compensation", "assignment", "timing")
 # Fields that describe a config without entering training (they enter config_id and grouping).
 DESCRIPTIVE_FIELDS = ("data",)
 _CONFIG_DEFAULTS = {"model": "lenet5", "optimizer": "sgd", "seed": 0, "delay": 0}
@@ -99,7 +111,23 @@ def normalize_config(config: Mapping[str, Any], num_train: int | None = None) ->
     if missing:
         raise ValueError(f"config {dict(config)} lacks {missing}.")
     static = {k: cfg[k] for k in STATIC_FIELDS}
-    TrainConfig(**static).validate(num_train)
+    system = cfg.pop("system", "delay")
+    if system != "delay":
+        if "delay" in config:
+            raise ValueError("delay applies to system='delay' only; system='async' has workers instead.")
+        del cfg["delay"]
+        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+        workers = cfg.get("workers", 1)
+        static["system"] = system
+        static["max_workers"] = cfg.pop("max_workers", workers if _is_int(workers) and workers >= 1 else 1)
+        for k in ASYNC_STATIC_FIELDS[2:]:
+            static[k] = cfg.pop(k, defaults[k])
+    else:
+        extra = [k for k in ASYNC_STATIC_FIELDS[1:] if k in cfg]
+        if extra:
+            raise ValueError(f"{extra[0]} applies to system='async' only; set system='async' or drop it.")
+    tc = TrainConfig(**static)
+    tc.validate(num_train)
     seed = cfg["seed"]
     if not _is_int(seed) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
@@ -107,12 +135,12 @@ def normalize_config(config: Mapping[str, Any], num_train: int | None = None) ->
     hp = {
         k: v for k, v in cfg.items() if k not in STATIC_FIELDS and k not in DESCRIPTIVE_FIELDS and k != "seed"
     }
-    hp = normalize_hparams(cfg["optimizer"], hp)
+    hp = normalize_hparams(cfg["optimizer"], hp, config=tc if system != "delay" else None)
     return {
         **described,
         **static,
         "seed": int(seed),
-        **{k: (int(v) if k in GENERIC_HPARAMS else float(v)) for k, v in hp.items()},
+        **{k: (int(v) if k in INT_HPARAMS else float(v)) for k, v in hp.items()},
     }
 
 
@@ -134,28 +162,31 @@ class Group:
     configs: tuple[dict[str, Any], ...]
 
     def hparam_names(self) -> list[str]:
-        return _hparam_names(self.train_config.optimizer)
-
-
-def _hparam_names(optimizer: str) -> list[str]:
-    return ["learning_rate", *GENERIC_HPARAMS, *OPTIMIZERS[optimizer]]
+        return hparam_names(self.train_config)
 
 
 def group_configs(configs: Sequence[Mapping[str, Any]], *, eval_batch_size: int = 1000) -> list[Group]:
     """Groups normalized configs by their static fields (first-seen order).
 
-    A group's ``max_delay`` is the largest delay among its configs.
+    A group's ``max_delay`` is the largest delay among its configs. Asynchronous
+    configs (``system="async"``) also share :data:`ASYNC_STATIC_FIELDS`.
     """
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for c in configs:
-        key = tuple(c[k] for k in STATIC_FIELDS) + tuple(c.get(k) for k in DESCRIPTIVE_FIELDS)
+        key = (
+            tuple(c[k] for k in STATIC_FIELDS)
+            + tuple(c.get(k) for k in DESCRIPTIVE_FIELDS)
+            + tuple(c.get(k) for k in ASYNC_STATIC_FIELDS)
+        )
         groups.setdefault(key, []).append(dict(c))
     out = []
     for key, members in groups.items():
+        system = {k: members[0][k] for k in ASYNC_STATIC_FIELDS if k in members[0]}
         tc = TrainConfig(
             **dict(zip(STATIC_FIELDS, key[: len(STATIC_FIELDS)])),
-            max_delay=max(c["delay"] for c in members),
+            max_delay=max(c.get("delay", 0) for c in members),
             eval_batch_size=eval_batch_size,
+            **system,
         )
         out.append(Group(tc, tuple(members)))
     return out
@@ -227,7 +258,7 @@ def config_memory_bytes(trainer: Trainer) -> int:
     The shared data set is not included; see :func:`max_configs_per_device`.
     """
     key = jax.random.key(0)
-    hp = {n: 0 if n in GENERIC_HPARAMS else 0.0 for n in _hparam_names(trainer.config.optimizer)}
+    hp = {n: 0 if n in INT_HPARAMS else 0.0 for n in hparam_names(trainer.config)}
     state = jax.eval_shape(trainer.init, trainer.data, key, hp)
     params = state.params
     biggest = max(trainer.config.batch_size, trainer.eval_chunk)
@@ -357,7 +388,7 @@ def run_chunk(
     names = chunk.group.hparam_names()
     keys = jax.vmap(jax.random.key)(jnp.asarray([c["seed"] for c in padded], jnp.uint32))
     hparams = {
-        n: jnp.asarray([c[n] for c in padded], jnp.int32 if n in GENERIC_HPARAMS else jnp.float32)
+        n: jnp.asarray([c[n] for c in padded], jnp.int32 if n in INT_HPARAMS else jnp.float32)
         for n in names
     }
     t0 = time.perf_counter()
@@ -373,6 +404,9 @@ def run_chunk(
         for flag in ("nonfinite", "collapsed", "diverged"):
             r[flag] = bool(metrics[flag][i, -1])
         r["diverged_epoch"] = (int(np.argmax(metrics["diverged"][i])) + 1) if r["diverged"] else None
+        if "sim_time" in metrics:  # asynchronous systems: the simulated clock and server steps per epoch
+            r["sim_time_per_epoch"] = [_finite_or_none(v) for v in metrics["sim_time"][i]]
+            r["server_steps_per_epoch"] = [int(v) for v in metrics["server_steps"][i]]
         r["seconds"] = seconds
         results.append(r)
     return results

@@ -24,12 +24,21 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from asgd_jax import timing as timing_lib
 from asgd_jax.delay import delayed
 from asgd_jax.models import make_model
+from asgd_jax.simulator import ASSIGNMENTS, COMPENSATIONS, SERVER_RULES, SimState, asynchronous
 
 __all__ = [
     "OPTIMIZERS",
     "GENERIC_HPARAMS",
+    "SYSTEMS",
+    "TIMINGS",
+    "ASYNC_HPARAMS",
+    "DC_LAMBDA_DEFAULTS",
+    "INT_HPARAMS",
+    "hparam_names",
+    "make_timing",
     "TrainConfig",
     "TrainState",
     "Trainer",
@@ -52,6 +61,29 @@ _FACTORIES = {"sgd": optax.sgd, "adam": optax.adam, "adagrad": optax.adagrad}
 # linear learning-rate warm-up in steps (0: none). Both are integers.
 GENERIC_HPARAMS: dict[str, int] = {"delay": 0, "warmup_steps": 0}
 
+# The system around the server optimizer: ``"delay"`` (every gradient applied ``delay`` steps late,
+# :func:`asgd_jax.delayed`) or ``"async"`` (the event model of :func:`asgd_jax.asynchronous`).
+SYSTEMS = ("delay", "async")
+# Compute-time laws of ``system="async"`` (each scaled by ``time_mean``; ``time_spread`` is the
+# normal's standard deviation or the log-normal's sigma, unused by the others).
+TIMINGS = ("fixed", "normal", "exponential", "lognormal")
+# Hyperparameters of ``system="async"`` (traced: one program serves every value), with defaults.
+# ``initial_workers = 0`` means all ``workers`` from the start (no gradual introduction).
+ASYNC_HPARAMS: dict[str, float] = {
+    "workers": 1,
+    "initial_workers": 0,
+    "add_workers": 1,
+    "add_every": 1,
+    "time_mean": 1.0,
+    "time_spread": 0.0,
+    "straggler_fraction": 0.0,
+    "straggler_slowdown": 1.0,
+}
+# DC-ASGD's lambda (``"dc-c"``) or lambda_0 (``"dc-a"``) when a config does not give ``dc_lambda``.
+DC_LAMBDA_DEFAULTS: dict[str, float] = {"dc-c": 0.04, "dc-a": 2.0}
+# Hyperparameters that are integers (the others are float32).
+INT_HPARAMS = frozenset({"delay", "warmup_steps", "workers", "initial_workers", "add_workers", "add_every"})
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
@@ -65,6 +97,20 @@ class TrainConfig:
             each; the remainder of a shuffled epoch is dropped).
         max_delay: static bound on the per-config ``delay`` hyperparameter.
         eval_batch_size: test-set chunk evaluated at once (memory, not maths).
+        system: ``"delay"`` (default: :func:`~asgd_jax.delayed`, the constant
+            delay ``delay``) or ``"async"``: the server optimizer wrapped in the
+            event model :func:`~asgd_jax.asynchronous`, whose numbers
+            (:data:`ASYNC_HPARAMS`: ``workers``, the compute-time model, the
+            introduction schedule, ``dc_lambda``) are traced hyperparameters.
+            The fields below apply to ``"async"`` only.
+        max_workers: static bound on the ``workers`` hyperparameter (the pool size).
+        server_rule: ``"async"`` (apply each arrival) or ``"sync"`` (SSGD: a
+            barrier every ``workers`` gradients, their average applied).
+        compensation: ``None``, ``"dc-c"`` or ``"dc-a"`` (DC-ASGD; async rule only).
+        assignment: ``"pure"``, ``"random"`` or ``"shuffle"`` (who gets the next job).
+        timing: compute-time law, one of :data:`TIMINGS`, wrapped in
+            :func:`asgd_jax.timing.stragglers` (``straggler_fraction`` of the
+            workers ``straggler_slowdown`` times slower; 0 and 1 by default).
     """
 
     model: str = "lenet5"
@@ -73,6 +119,12 @@ class TrainConfig:
     epochs: int = 30
     max_delay: int = 0
     eval_batch_size: int = 1000
+    system: str = "delay"
+    max_workers: int = 1
+    server_rule: str = "async"
+    compensation: str | None = None
+    assignment: str = "pure"
+    timing: str = "fixed"
 
     def validate(self, num_train: int | None = None) -> None:
         """Raises a one-line ``ValueError`` for a config that cannot run."""
@@ -97,6 +149,33 @@ class TrainConfig:
                 f"batch_size={self.batch_size} is larger than the training set ({num_train} samples); "
                 f"use a batch size of at most {num_train}."
             )
+        self._validate_system()
+
+    def _validate_system(self) -> None:
+        if self.system not in SYSTEMS:
+            raise ValueError(f"unknown system {self.system!r}; choose one of {SYSTEMS}.")
+        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+        async_fields = ("max_workers", "server_rule", "compensation", "assignment", "timing")
+        if self.system == "delay":
+            changed = [f for f in async_fields if getattr(self, f) != defaults[f]]
+            if changed:
+                raise ValueError(f"{changed[0]} applies to system='async' only; set system='async' or drop it.")
+            return
+        if self.max_delay != 0:
+            raise ValueError("max_delay applies to system='delay' only; system='async' has workers instead.")
+        mw = self.max_workers
+        if isinstance(mw, bool) or not isinstance(mw, (int, np.integer)) or mw < 1:
+            raise ValueError(f"max_workers must be a positive integer, got {mw!r}.")
+        for name, allowed in (
+            ("server_rule", SERVER_RULES),
+            ("compensation", COMPENSATIONS),
+            ("assignment", ASSIGNMENTS),
+            ("timing", TIMINGS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of {allowed}.")
+        if self.server_rule == "sync" and self.compensation is not None:
+            raise ValueError("compensation (DC-ASGD) needs server_rule='async' (sync gradients have staleness 0).")
 
 
 class TrainState(NamedTuple):
@@ -114,40 +193,90 @@ class TrainState(NamedTuple):
     diverged: jax.Array  # bool: nonfinite, or the model collapsed at an epoch end
 
 
-def with_defaults(optimizer: str, hparams: Mapping[str, Any]) -> dict[str, Any]:
+def _defaults(optimizer: str, config: TrainConfig | None) -> dict[str, Any]:
+    """Every hyperparameter of a config other than ``learning_rate``, with its default."""
+    if config is None or config.system == "delay":
+        return {**OPTIMIZERS[optimizer], **GENERIC_HPARAMS}
+    out = {**OPTIMIZERS[optimizer], "warmup_steps": 0, **ASYNC_HPARAMS}
+    if config.compensation is not None:
+        out["dc_lambda"] = DC_LAMBDA_DEFAULTS[config.compensation]
+    return out
+
+
+def hparam_names(config: TrainConfig) -> list[str]:
+    """The traced hyperparameters of a static config, in a fixed order.
+
+    ``learning_rate``, then for ``system="delay"`` ``delay`` and ``warmup_steps``,
+    for ``system="async"`` ``warmup_steps``, :data:`ASYNC_HPARAMS` and (with
+    compensation) ``dc_lambda``; the optimizer family's own keys come first in
+    the async case.
+
+    Example:
+        >>> from asgd_jax.train import TrainConfig, hparam_names
+        >>> hparam_names(TrainConfig(optimizer="sgd"))
+        ['learning_rate', 'delay', 'warmup_steps', 'momentum']
+        >>> hparam_names(TrainConfig(system="async", max_workers=4, compensation="dc-a"))[-1]
+        'dc_lambda'
+    """
+    if config.system == "delay":
+        return ["learning_rate", *GENERIC_HPARAMS, *OPTIMIZERS[config.optimizer]]
+    return ["learning_rate", *_defaults(config.optimizer, config)]
+
+
+def with_defaults(
+    optimizer: str, hparams: Mapping[str, Any], config: TrainConfig | None = None
+) -> dict[str, Any]:
     """``hparams`` with the optimizer family's defaults and ``delay=0`` filled in.
 
+    With an asynchronous ``config`` (``system="async"``) the defaults are those of
+    :data:`ASYNC_HPARAMS` (and ``dc_lambda`` when compensating) instead of ``delay``.
     Checks the keys only (values may be traced): a one-line ``ValueError`` for
     an unknown optimizer, an unknown key, or a missing ``learning_rate``.
     """
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {sorted(OPTIMIZERS)}.")
-    allowed = {"learning_rate", *GENERIC_HPARAMS, *OPTIMIZERS[optimizer]}
+    defaults = _defaults(optimizer, config)
+    allowed = {"learning_rate", *defaults}
     unknown = set(hparams) - allowed
     if unknown:
+        system = "" if config is None or config.system == "delay" else " with system='async'"
+        hint = ""
+        if "delay" in unknown and system:
+            hint = " (system='async' has workers instead of delay)"
+        elif "dc_lambda" in unknown:
+            hint = " (dc_lambda needs compensation='dc-c' or 'dc-a' with system='async')"
         raise ValueError(
-            f"unknown hyperparameter(s) {sorted(unknown)} for optimizer {optimizer!r}; "
-            f"allowed: {sorted(allowed)}."
+            f"unknown hyperparameter(s) {sorted(unknown)} for optimizer {optimizer!r}{system}; "
+            f"allowed: {sorted(allowed)}{hint}."
         )
     if "learning_rate" not in hparams:
         raise ValueError("every config needs a learning_rate.")
-    return {**OPTIMIZERS[optimizer], **GENERIC_HPARAMS, **hparams}
+    return {**defaults, **hparams}
 
 
 def normalize_hparams(
-    optimizer: str, hparams: Mapping[str, Any], max_delay: int | None = None
+    optimizer: str,
+    hparams: Mapping[str, Any],
+    max_delay: int | None = None,
+    config: TrainConfig | None = None,
 ) -> dict[str, float]:
     """Checks a config's hyperparameters and fills the optimizer's defaults.
 
     Returns a dict with ``learning_rate``, ``delay`` and the optimizer's own
     keys (:data:`OPTIMIZERS`). Raises a one-line ``ValueError`` for a missing or
     non-positive learning rate, a negative delay or one above ``max_delay``, or an
-    unknown key.
+    unknown key. With an asynchronous ``config`` the keys are those of
+    :func:`hparam_names` and the checks are ``1 <= workers <= max_workers``,
+    ``initial_workers >= 0`` (0: all), ``add_workers >= 0``, ``add_every >= 1``,
+    ``time_mean > 0``, ``time_spread >= 0``, ``0 <= straggler_fraction <= 1``,
+    ``straggler_slowdown > 0`` and ``dc_lambda >= 0``.
     """
-    out = with_defaults(optimizer, hparams)
+    out = with_defaults(optimizer, hparams, config)
     lr = float(out["learning_rate"])
     if not lr > 0 or not np.isfinite(lr):
         raise ValueError(f"learning_rate must be a positive number, got {out['learning_rate']!r}.")
+    if config is not None and config.system == "async":
+        return _normalize_async(out, config)
     delay = out["delay"]
     if isinstance(delay, bool) or int(delay) != delay or delay < 0:
         raise ValueError(f"delay must be a non-negative integer number of steps, got {delay!r}.")
@@ -160,19 +289,122 @@ def normalize_hparams(
     return out
 
 
-def make_optimizer(
-    optimizer: str, hparams: Mapping[str, Any], max_delay: int
-) -> optax.GradientTransformation:
-    """The server optimizer of a config: ``delayed(inject_hyperparams(family)(...))``.
+def _normalize_async(out: dict[str, Any], config: TrainConfig) -> dict[str, Any]:
+    def integer(name, low, high=None, what=""):
+        v = out[name]
+        ok = not isinstance(v, bool) and np.isfinite(float(v)) and int(v) == v and v >= low
+        if not ok or (high is not None and v > high):
+            bound = f"an integer in [{low}, {high}]" if high is not None else f"an integer >= {low}"
+            raise ValueError(f"{name} must be {bound}{what}, got {v!r}.")
+        out[name] = int(v)
 
-    Every numeric hyperparameter lives in the optimizer state (via
-    ``optax.inject_hyperparams``; the delay in :class:`~asgd_jax.DelayedState`),
-    so ``update`` reads them from the state and one compiled step serves every
-    config of a vmapped group.
+    def number(name, ok, what):
+        v = out[name]
+        if isinstance(v, bool) or not np.isfinite(float(v)) or not ok(float(v)):
+            raise ValueError(f"{name} must be {what}, got {v!r}.")
+        out[name] = float(v)
+
+    integer("warmup_steps", 0, what=" (0: no warm-up)")
+    integer("workers", 1, config.max_workers, what=" (max_workers bounds it)")
+    integer("initial_workers", 0, config.max_workers, what=" (0: all workers from the start)")
+    integer("add_workers", 0)
+    integer("add_every", 1, what=" server steps")
+    number("time_mean", lambda v: v > 0, "a positive number")
+    number("time_spread", lambda v: v >= 0, "a number >= 0")
+    number("straggler_fraction", lambda v: 0 <= v <= 1, "in [0, 1]")
+    number("straggler_slowdown", lambda v: v > 0, "a positive number")
+    if "dc_lambda" in out:
+        number("dc_lambda", lambda v: v >= 0, "a number >= 0")
+    for k in OPTIMIZERS[config.optimizer]:
+        out[k] = float(out[k])
+    out["learning_rate"] = float(out["learning_rate"])
+    return out
+
+
+def make_timing(name: str, hparams: Mapping[str, Any]) -> timing_lib.TimingModel:
+    r"""The compute-time model of an asynchronous config: a law of :data:`TIMINGS` with stragglers.
+
+    With :math:`\mu` = ``time_mean``, :math:`s` = ``time_spread``, :math:`p` =
+    ``straggler_fraction`` and :math:`c` = ``straggler_slowdown``:
+    ``stragglers(base, p, c)`` where ``base`` is ``fixed(μ)``, ``normal(μ, s)``,
+    ``exponential(μ)`` or ``lognormal(μ, s)``; the last :math:`\lfloor pn + 1/2
+floor`
+    of the ``n`` workers take :math:`c` times longer. Values may be traced.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from asgd_jax.train import make_timing
+        >>> model = make_timing("fixed", {"time_mean": 2.0, "time_spread": 0.0,
+        ...                               "straggler_fraction": 0.25, "straggler_slowdown": 3.0})
+        >>> model.sample(jax.random.key(0), jnp.arange(4), num_workers=4)
+        Array([2., 2., 2., 6.], dtype=float32)
     """
-    opt_kwargs = {k: v for k, v in hparams.items() if k not in GENERIC_HPARAMS}
+    mean, spread = hparams["time_mean"], hparams["time_spread"]
+    if name == "fixed":
+        base = timing_lib.fixed(mean)
+    elif name == "normal":
+        base = timing_lib.normal(mean, spread)
+    elif name == "exponential":
+        base = timing_lib.exponential(mean)
+    elif name == "lognormal":
+        base = timing_lib.lognormal(mean, spread)
+    else:
+        raise ValueError(f"unknown timing {name!r}; choose one of {TIMINGS}.")
+    return timing_lib.stragglers(base, hparams["straggler_fraction"], hparams["straggler_slowdown"])
+
+
+def make_optimizer(
+    optimizer: str,
+    hparams: Mapping[str, Any],
+    max_delay: int,
+    config: TrainConfig | None = None,
+    key: jax.Array | int = 0,
+) -> optax.GradientTransformation:
+    r"""The server optimizer of a config, inside the config's system.
+
+    ``system="delay"`` (or no ``config``): ``delayed(inject_hyperparams(family)(...), delay)``.
+    ``system="async"``: ``asynchronous(inject_hyperparams(family)(...), workers, ...)``
+    with the config's static switches (``server_rule``, ``compensation``,
+    ``assignment``, ``max_workers``), the compute-time model
+    :func:`make_timing`, the introduction schedule (``initial_workers`` 0 meaning
+    all workers), ``dc_lambda`` and the simulation's ``key``. Every numeric
+    hyperparameter lives in the optimizer state (via ``optax.inject_hyperparams``;
+    the delay in :class:`~asgd_jax.DelayedState`, the system's numbers in
+    :class:`~asgd_jax.SimState`), so ``update`` reads them from the state and one
+    compiled step serves every config of a vmapped group.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from asgd_jax.train import TrainConfig, make_optimizer, normalize_hparams
+        >>> cfg = TrainConfig(system="async", max_workers=3, compensation="dc-c")
+        >>> hp = normalize_hparams("sgd", {"learning_rate": 0.1, "workers": 3}, config=cfg)
+        >>> tx = make_optimizer("sgd", hp, 0, cfg)
+        >>> state = tx.init(jnp.zeros(2))
+        >>> int(state.hparams["workers"]), float(state.hparams["dc_lambda"])
+        (3, 0.04)
+    """
+    skip = set(GENERIC_HPARAMS) | set(ASYNC_HPARAMS) | {"dc_lambda"}
+    opt_kwargs = {k: v for k, v in hparams.items() if k not in skip}
     inner = optax.inject_hyperparams(_FACTORIES[optimizer])(**opt_kwargs)
-    return delayed(inner, hparams["delay"], max_delay=max_delay)
+    if config is None or config.system == "delay":
+        return delayed(inner, hparams["delay"], max_delay=max_delay)
+    workers = hparams["workers"]
+    initial = hparams["initial_workers"]
+    initial = jnp.where(jnp.asarray(initial) > 0, initial, workers).astype(jnp.int32)
+    return asynchronous(
+        inner,
+        jnp.asarray(workers, jnp.int32),
+        timing=make_timing(config.timing, hparams),
+        assignment=config.assignment,
+        server_rule=config.server_rule,
+        compensation=config.compensation,
+        dc_lambda=hparams.get("dc_lambda"),
+        initial_workers=initial,
+        add_workers=jnp.asarray(hparams["add_workers"], jnp.int32),
+        add_every=jnp.asarray(hparams["add_every"], jnp.int32),
+        max_workers=config.max_workers,
+        key=key,
+    )
 
 
 def _cross_entropy(logits, labels):
@@ -207,7 +439,10 @@ class Trainer:
         # optimizer state that ``init`` built for each config; the values given here only
         # fix the state's structure, so one instance serves every config of the group.
         self._update_tx = make_optimizer(
-            config.optimizer, normalize_hparams(config.optimizer, {"learning_rate": 1.0}), config.max_delay
+            config.optimizer,
+            normalize_hparams(config.optimizer, {"learning_rate": 1.0}, config=config),
+            config.max_delay,
+            config,
         )
 
     # -- pieces -----------------------------------------------------------------
@@ -220,10 +455,15 @@ class Trainer:
         del data
         init_key, data_key = jax.random.split(key)
         params = self.model.init(init_key, jnp.zeros((1,) + self.input_shape, jnp.float32))["params"]
-        hp = with_defaults(self.config.optimizer, hparams)
-        hp = {k: jnp.asarray(v, jnp.int32 if k == "delay" else jnp.float32) for k, v in hp.items()}
+        hp = with_defaults(self.config.optimizer, hparams, self.config)
+        ints = INT_HPARAMS - {"warmup_steps"}  # the warm-up length is kept as float32
+        hp = {k: jnp.asarray(v, jnp.int32 if k in ints else jnp.float32) for k, v in hp.items()}
         warmup_steps = hp.pop("warmup_steps")
-        tx = make_optimizer(self.config.optimizer, hp, self.config.max_delay)
+        # The simulation's key (compute times, assignment draws) is derived from the run's key,
+        # apart from the initial parameters' and the data order's.
+        tx = make_optimizer(
+            self.config.optimizer, hp, self.config.max_delay, self.config, jax.random.fold_in(key, 1)
+        )
         return TrainState(
             params=params,
             opt_state=tx.init(params),
@@ -241,7 +481,7 @@ class Trainer:
         return _cross_entropy(self.model.apply({"params": params}, x), y)
 
     def step(self, data, state: TrainState) -> TrainState:
-        """One gradient on the next batch of this epoch's order, through the delayed optimizer."""
+        """One gradient on the next batch of this epoch's order, through the config's system (delay or async)."""
         x_train, y_train = data[0], data[1]
         b = self.config.batch_size
         idx = jax.lax.dynamic_slice_in_dim(state.order, state.step * b, b)
@@ -309,7 +549,9 @@ class Trainer:
         Metrics: ``test_accuracy``, ``test_loss``, ``train_loss`` (mean over the
         epoch's steps), ``nonfinite`` (a NaN/inf loss or parameter has been seen
         so far), ``collapsed`` (see :meth:`evaluate`) and ``diverged``: either
-        of the two at this epoch or before.
+        of the two at this epoch or before. For ``system="async"`` also
+        ``sim_time`` (the simulated clock, :attr:`SimState.time`) and
+        ``server_steps`` (updates the server applied, :attr:`SimState.version`).
         """
         ev = self.evaluate(data, state.params)
         finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(state.params)]))
@@ -321,6 +563,10 @@ class Trainer:
             "nonfinite": nonfinite,
             "diverged": diverged,
         }
+        if self.config.system == "async":
+            sim: SimState = state.opt_state
+            metrics["sim_time"] = sim.time
+            metrics["server_steps"] = sim.version
         epoch = state.epoch + 1
         new = state._replace(
             order=self._order(state.data_key, epoch),
