@@ -14,6 +14,8 @@ STUDIES = {
     "warmup": "experiments.warmup",
     "benchmark": "experiments.benchmark",
     "asgrad": "experiments.asgrad",
+    "dc_asgd": "experiments.dc_asgd",
+    "downpour": "experiments.downpour",
 }
 
 

@@ -450,3 +450,78 @@ def step_size_scores(
         ax.set_title(title, fontsize=10)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def accuracy_panels(
+    panels: Mapping[str, Sequence[Mapping]], path: str, *, xlabel: str, title: str = "", logx: bool = False
+) -> None:
+    """Test accuracy curves, one panel per key of ``panels`` (shared y axis from 0 to 1).
+
+    ``panels``: panel title → mappings with ``label``, ``x``, ``y`` (equal-length
+    sequences; ``None`` points are gaps) and optional ``color``, ``ls``.
+    """
+    plt = _pyplot()
+    n = max(1, len(panels))
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.8 * cols, 3.6 * rows), squeeze=False,
+                             constrained_layout=True, sharey=True)
+    for k, (name, series) in enumerate(panels.items()):
+        ax = axes[k // cols][k % cols]
+        for i, s in enumerate(series):
+            x = np.array([np.nan if v is None else v for v in s["x"]], float)
+            y = np.array([np.nan if v is None else v for v in s["y"]], float)
+            ax.plot(x, y, marker="o", ms=3, lw=1.5, label=s["label"], color=s.get("color", f"C{i % 10}"),
+                    ls=s.get("ls", "-"))
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel(xlabel)
+        if logx:
+            ax.set_xscale("log")
+        ax.set_ylim(0.0, 1.0)
+        ax.grid(alpha=0.3)
+        if k % cols == 0:
+            ax.set_ylabel("test accuracy")
+        ax.legend(fontsize=7, loc="lower right")
+    for k in range(n, rows * cols):
+        axes[k // cols][k % cols].axis("off")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def grouped_bars(
+    groups: Sequence[str], methods: Sequence[str], values: Mapping[tuple[str, str], float | None], path: str, *,
+    ylabel: str, title: str = "", colors: Mapping[str, str] | None = None, ylim: tuple[float, float] | None = None,
+) -> None:
+    """One cluster of bars per group (e.g. worker count), one bar per method, each labelled with its value.
+
+    ``values[(group, method)]``: the bar's height (missing or ``None``: no bar).
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(groups) * len(methods) * 0.45 + 2), 4.2),
+                           constrained_layout=True)
+    width = 0.8 / max(1, len(methods))
+    for j, m in enumerate(methods):
+        xs, hs = [], []
+        for i, g in enumerate(groups):
+            v = values.get((g, m))
+            if v is not None and np.isfinite(v):
+                xs.append(i + (j - (len(methods) - 1) / 2) * width)
+                hs.append(v)
+        color = (colors or {}).get(m, f"C{j % 10}")
+        bars = ax.bar(xs, hs, width=width * 0.95, label=m, color=color)
+        for b, h in zip(bars, hs):
+            ax.annotate(f"{h:.3f}", (b.get_x() + b.get_width() / 2, h), ha="center", va="bottom", fontsize=6,
+                        rotation=90, xytext=(0, 2), textcoords="offset points")
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels(groups)
+    ax.set_ylabel(ylabel)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, ncol=min(len(methods), 4), loc="lower right")
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -217,51 +216,27 @@ def test_trainer_async_matches_numpy_reference(static, extra, lam):
 # --- equalities with the delay path -----------------------------------------------------------------
 
 
-def _metrics(cfg, hparams, seed=5):
-    train = make_train(cfg, _dataset())
-    return jax.jit(train)(jax.random.key(seed), hparams)
-
-
-def test_one_async_worker_is_plain_sgd():
+def test_async_workers_equal_the_delay_path_one_worker_plain_sgd():
+    """workers = 1 is plain SGD (delay 0) and workers = d + 1 equal fixed workers are delay d, vmapped."""
     base = dict(model="mlp", batch_size=BATCH, epochs=2)
-    hp = {"learning_rate": 0.3, "momentum": 0.9}
-    plain = _metrics(TrainConfig(**base), hp)
-    one = _metrics(TrainConfig(**base, system="async", max_workers=3), {**hp, "workers": 1, "time_mean": 2.0})
+    keys = jax.random.split(jax.random.key(5), 2)
+    hp = {"learning_rate": jnp.array([0.3, 0.3]), "momentum": jnp.array([0.9, 0.5])}
+    delay = jax.jit(jax.vmap(make_train(TrainConfig(**base, max_delay=3), _dataset())))(
+        keys, {**hp, "delay": jnp.array([0, 3])})
+    workers = jax.jit(jax.vmap(make_train(TrainConfig(**base, system="async", max_workers=4), _dataset())))(
+        keys, {**hp, "workers": jnp.array([1, 4]), "time_mean": jnp.array([2.0, 1.0])})
     for k in ("test_accuracy", "test_loss", "train_loss"):
-        np.testing.assert_allclose(np.asarray(one[k]), np.asarray(plain[k]), rtol=1e-5, atol=1e-6, err_msg=k)
-    steps = NUM_TRAIN // BATCH  # one worker, every job 2.0 long, each applied as it arrives
-    np.testing.assert_allclose(np.asarray(one["sim_time"]), [2.0 * steps, 4.0 * steps])
-    np.testing.assert_array_equal(np.asarray(one["server_steps"]), [steps, 2 * steps])
-    assert "sim_time" not in plain
-    assert float(plain["train_loss"][1]) < float(plain["train_loss"][0])
-
-
-def test_equal_fixed_workers_are_the_constant_delay():
-    base = dict(model="mlp", batch_size=BATCH, epochs=2)
-    hp = {"learning_rate": 0.3, "momentum": 0.5}
-    delayed = _metrics(TrainConfig(**base, max_delay=3), {**hp, "delay": 3})
-    workers = _metrics(TrainConfig(**base, system="async", max_workers=4), {**hp, "workers": 4})
-    for k in ("test_accuracy", "test_loss", "train_loss"):
-        np.testing.assert_allclose(np.asarray(workers[k]), np.asarray(delayed[k]), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(workers[k]), np.asarray(delay[k]), rtol=1e-5, atol=1e-6, err_msg=k)
+    assert "sim_time" not in delay
     steps = NUM_TRAIN // BATCH
-    # The first 3 calls only fill the pool: 3 fewer server steps; each arrival 1 time unit after the last.
-    np.testing.assert_array_equal(np.asarray(workers["server_steps"]), [steps - 3, 2 * steps - 3])
-
-
-def test_vmapped_async_configs_equal_one_by_one():
-    cfg = TrainConfig(model="mlp", batch_size=BATCH, epochs=1, system="async", max_workers=4,
-                      compensation="dc-a", timing="normal")
-    hps = {
-        "learning_rate": jnp.array([0.3, 0.1]), "workers": jnp.array([4, 2]), "dc_lambda": jnp.array([2.0, 0.5]),
-        "time_spread": jnp.array([0.3, 0.1]), "momentum": jnp.array([0.0, 0.9]),
-    }
-    train = make_train(cfg, _dataset())
-    keys = jax.random.split(jax.random.key(0), 2)
-    batched = jax.jit(jax.vmap(train))(keys, hps)
-    for i in range(2):
-        one = jax.jit(train)(keys[i], {k: v[i] for k, v in hps.items()})
-        chex.assert_trees_all_close(jax.tree.map(lambda a: a[i], batched), one, rtol=1e-5, atol=1e-6)
-    assert float(batched["sim_time"][0, 0]) != float(batched["sim_time"][1, 0])  # random times differ
+    # One worker, every job 2.0 long, applied as it arrives: the clock is 2 per gradient. Four workers of
+    # time 1: the first 3 calls only fill the pool (3 fewer server steps); then the 4 jobs of a round
+    # arrive together, the k-th arrival (from 0) at time 1 + k // 4.
+    pops = np.array([steps - 3, 2 * steps - 3])
+    np.testing.assert_allclose(np.asarray(workers["sim_time"]), [[2.0 * steps, 4.0 * steps], 1 + (pops - 1) // 4])
+    np.testing.assert_array_equal(np.asarray(workers["server_steps"]), [[steps, 2 * steps],
+                                                                        [steps - 3, 2 * steps - 3]])
+    assert float(delay["train_loss"][0, 1]) < float(delay["train_loss"][0, 0])  # it trains
 
 
 # --- bad input --------------------------------------------------------------------------------------
