@@ -166,7 +166,7 @@ def report(s: dict, rows: list[dict], dataset_name: str) -> str:
             [
                 r["learning_rate"],
                 r["delay"],
-                r["warmup_epochs"],
+                f"{r['warmup_epochs']:g}",
                 r["acc_at_warmup_end"],
                 r["peak"],
                 r["peak_epoch"],

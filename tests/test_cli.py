@@ -195,6 +195,11 @@ def test_largest_stable_learning_rate_and_report():
         (2, 256): 0.1,
         (8, 256): 0.01,
     }
+    # past the cliff, a run that ends at chance accuracy without the diverged flag fails given ``chance``
+    at_chance = {**_rec(0, 0.3, False, batch=256), "test_accuracy": 0.12}
+    assert delay_sweep.largest_stable(records + [at_chance])[(0, 256)] == 0.3
+    assert delay_sweep.largest_stable(records + [at_chance], chance=0.1)[(0, 256)] == 0.01
+    assert delay_sweep.largest_stable(records + [{**at_chance, "test_accuracy": 0.16}], chance=0.1)[(0, 256)] == 0.3
     settings = {"model": "lenet5", "optimizer": "sgd", "momentum": 0.9, "epochs": 3, "seeds": [0, 1]}
     text = delay_sweep.report(settings, records, stable, "toy")
     assert "| 2 | all diverged | 0.1 |" in text
