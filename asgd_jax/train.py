@@ -327,8 +327,7 @@ def make_timing(name: str, hparams: Mapping[str, Any]) -> timing_lib.TimingModel
     With :math:`\mu` = ``time_mean``, :math:`s` = ``time_spread``, :math:`p` =
     ``straggler_fraction`` and :math:`c` = ``straggler_slowdown``:
     ``stragglers(base, p, c)`` where ``base`` is ``fixed(μ)``, ``normal(μ, s)``,
-    ``exponential(μ)`` or ``lognormal(μ, s)``; the last :math:`\lfloor pn + 1/2
-floor`
+    ``exponential(μ)`` or ``lognormal(μ, s)``; the last :math:`\lfloor pn + 1/2 \rfloor`
     of the ``n`` workers take :math:`c` times longer. Values may be traced.
 
     Example:
