@@ -63,12 +63,12 @@ PRESETS = {
     "tiny": dict(_COMMON, data="digits", model="mlp", workers=4, sgd_learning_rates=[0.1],
                  adagrad_learning_rates=[0.05], warm_epochs=0.5, batch_size=64, epochs=1),
     # Under 3 minutes on a 2-core CPU: LeNet-5 on the bundled digits.
-    "quick": dict(_COMMON, data="digits", model="lenet5", workers=8, sgd_learning_rates=[0.05, 0.1],
+    "quick": dict(_COMMON, data="digits", model="lenet5", workers=8, sgd_learning_rates=[0.02, 0.05, 0.1],
                   adagrad_learning_rates=[0.01, 0.03], warm_epochs=1.0, batch_size=32, epochs=8),
     # About 10 minutes on a 2-core CPU: LeNet-5 on real Fashion-MNIST.
     "medium": dict(_COMMON, data="idx:/usr/share/datasets/fashion-mnist", model="lenet5", workers=8,
-                   sgd_learning_rates=[0.05, 0.1], adagrad_learning_rates=[0.01, 0.03], warm_epochs=0.5,
-                   batch_size=64, epochs=4),
+                   sgd_learning_rates=[0.02, 0.05, 0.1], adagrad_learning_rates=[0.003, 0.01, 0.03],
+                   warm_epochs=0.5, batch_size=64, epochs=3),
     # A larger system for a GPU: LeNet-5 on MNIST, 32 workers, 30 epochs.
     "paper": dict(_COMMON, data="tfds:mnist", model="lenet5", workers=32, sgd_learning_rates=[0.01, 0.03, 0.1],
                   adagrad_learning_rates=[0.003, 0.01, 0.03, 0.1], warm_epochs=2.0, batch_size=64, epochs=30),
