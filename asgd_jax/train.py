@@ -379,7 +379,7 @@ def make_optimizer(
         >>> hp = normalize_hparams("sgd", {"learning_rate": 0.1, "workers": 3}, config=cfg)
         >>> tx = make_optimizer("sgd", hp, 0, cfg)
         >>> state = tx.init(jnp.zeros(2))
-        >>> int(state.hparams["workers"]), float(state.hparams["dc_lambda"])
+        >>> int(state.hparams["workers"]), round(float(state.hparams["dc_lambda"]), 6)
         (3, 0.04)
     """
     skip = set(GENERIC_HPARAMS) | set(ASYNC_HPARAMS) | {"dc_lambda"}
