@@ -1,4 +1,4 @@
-"""Models: LeNet-5 as in Jain et al. (2018) and a small MLP (flax.linen).
+"""Models: LeNet-5 as in Jain et al. (2018), a small MLP and ResNet-20 for CIFAR-10 (flax.linen).
 
 Training code sees parameters as plain pytrees (nested dicts of arrays), so
 ``model.init(key, x)["params"]`` goes straight into an optax optimizer.
@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["LeNet5", "MLP", "MODELS", "make_model", "count_params"]
+__all__ = ["LeNet5", "MLP", "ResNet20", "MODELS", "make_model", "count_params"]
 
 
 class _PatchConv(nn.Module):
@@ -236,7 +236,111 @@ class MLP(nn.Module):
         return nn.Dense(self.num_classes)(x)
 
 
-MODELS = {"lenet5": LeNet5, "mlp": MLP}
+class _BasicBlock(nn.Module):
+    """Two 3×3 convolutions, each followed by GroupNorm, plus the shortcut; see :class:`ResNet20`."""
+
+    features: int
+    strides: int
+    num_groups: int
+
+    @nn.compact
+    def __call__(self, x):
+        conv = dict(use_bias=False, kernel_init=nn.initializers.he_normal())
+        groups = min(self.num_groups, self.features)
+        s = (self.strides, self.strides)
+        y = nn.Conv(self.features, (3, 3), s, padding=((1, 1), (1, 1)), name="conv1", **conv)(x)
+        y = nn.relu(nn.GroupNorm(num_groups=groups, name="norm1")(y))
+        y = nn.Conv(self.features, (3, 3), padding=((1, 1), (1, 1)), name="conv2", **conv)(y)
+        y = nn.GroupNorm(num_groups=groups, name="norm2")(y)
+        if self.strides != 1 or x.shape[-1] != self.features:  # option B: a projection
+            x = nn.Conv(self.features, (1, 1), s, padding="VALID", name="proj", **conv)(x)
+            x = nn.GroupNorm(num_groups=groups, name="proj_norm")(x)
+        return nn.relu(y + x)
+
+
+class ResNet20(nn.Module):
+    r"""ResNet-20 for CIFAR-10 (He et al. 2016, §4.2), with GroupNorm in place of BatchNorm.
+
+    Input ``x``: float32 images ``(..., H, W, C)`` (NHWC, any size and channel
+    count, like :class:`LeNet5` and :class:`MLP`; leading axes are batch axes).
+    With :math:`n = 3`, the network is :math:`6n + 2 = 20` weighted layers:
+
+    - a 3×3 convolution with 16 filters (stride 1, padding 1), GroupNorm, ReLU;
+    - three stages of :math:`n` basic blocks with 16, 32 and 64 filters; the
+      first block of stages 2 and 3 has stride 2 (so a 32×32 input gives
+      feature maps of 32×32, 16×16, 8×8). A block computes
+      :math:`\mathrm{relu}(\mathrm{GN}(W_2 * \mathrm{relu}(\mathrm{GN}(W_1 * x))) + S(x))`
+      with 3×3 convolutions :math:`W_1` (carrying the stride) and :math:`W_2`,
+      padding 1 on each side (like PyTorch's ``padding=1``; XLA's ``"SAME"``
+      would pad a stride-2 convolution on one side only);
+      the shortcut :math:`S` is the identity, or, where the shape changes, a
+      1×1 convolution with stride 2 followed by GroupNorm (He et al.'s
+      projection **option B**; **(choice)** their CIFAR-10 networks use the
+      parameter-free option A, zero-padded identity, which differs by these
+      two projections' 2 560 weights and their GroupNorm);
+    - global average pooling over height and width, and a dense layer to
+      ``num_classes`` logits.
+
+    Convolutions have no bias (the normalization that follows has one) and He
+    (fan-in, truncated normal) initialization; the dense layer has flax's defaults.
+    272 474 parameters for 3 input channels and 10 classes (see
+    ``tests/test_models.py`` for the count).
+
+    Normalization, **(choice)**: GroupNorm (Wu & He 2018) with
+    ``min(num_groups, channels)`` groups (default 8: 2, 4 and 8 channels per
+    group in the three stages) instead of He et al.'s BatchNorm. The library's
+    training state is the parameters alone (``model.apply({"params": p}, x)``,
+    gradients at stale parameters from delay buffers), which has no place for
+    BatchNorm's running statistics; and GroupNorm normalizes each sample on its
+    own, so a gradient does not depend on which other samples share its batch,
+    across simulated workers or vmapped configs. Hsieh et al. (2020, "The
+    non-IID data quagmire of decentralized machine learning") recommend
+    GroupNorm over BatchNorm for distributed training, as BatchNorm's batch
+    statistics depend on which data each worker's batches hold; Wu & He report
+    GroupNorm's accuracy changing little with the number of groups (ResNet-50,
+    ImageNet).
+
+    Args:
+        num_classes: outputs (logits).
+        blocks_per_stage: :math:`n`; 3 gives ResNet-20 (5: ResNet-32, 9: ResNet-56).
+        num_groups: GroupNorm groups per normalization (capped at the channel count).
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from asgd_jax import ResNet20, count_params
+        >>> model = ResNet20()
+        >>> params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
+        >>> count_params(params)
+        272474
+        >>> model.apply({"params": params}, jnp.zeros((2, 32, 32, 3))).shape
+        (2, 10)
+    """
+
+    num_classes: int = 10
+    blocks_per_stage: int = 3
+    num_groups: int = 8
+
+    @nn.compact
+    def __call__(self, x):
+        if x.ndim < 3:
+            raise ValueError(f"ResNet20 takes images (..., H, W, C), got shape {x.shape}.")
+        lead = x.shape[:-3]
+        # GroupNorm reduces over every axis but the first: keep exactly one batch axis.
+        x = x.reshape((-1,) + x.shape[-3:])
+        x = nn.Conv(16, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
+                    kernel_init=nn.initializers.he_normal(), name="conv")(x)
+        x = nn.relu(nn.GroupNorm(num_groups=min(self.num_groups, 16), name="norm")(x))
+        for stage, features in enumerate((16, 32, 64)):
+            for block in range(self.blocks_per_stage):
+                strides = 2 if stage > 0 and block == 0 else 1
+                name = f"stage{stage + 1}_block{block + 1}"
+                x = _BasicBlock(features, strides, self.num_groups, name=name)(x)
+        x = jnp.mean(x, axis=(1, 2))
+        x = nn.Dense(self.num_classes, name="head")(x)
+        return x.reshape(lead + (self.num_classes,))
+
+
+MODELS = {"lenet5": LeNet5, "mlp": MLP, "resnet20": ResNet20}
 
 
 def make_model(name: str, num_classes: int = 10) -> nn.Module:

@@ -1,4 +1,4 @@
-"""Tests for asgd_jax.models: LeNet-5 and the MLP against a naive NumPy forward pass."""
+"""Tests for asgd_jax.models: LeNet-5 and the MLP against a naive NumPy forward pass; ResNet-20."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from asgd_jax.models import MLP, MODELS, LeNet5, count_params, make_model
+from asgd_jax.models import MLP, MODELS, LeNet5, ResNet20, count_params, make_model
 
 # --- an independent NumPy forward pass ----------------------------------------------------------
 
@@ -214,9 +214,92 @@ class MLPTest(chex.TestCase):
         )
 
     def test_make_model(self):
-        self.assertEqual(set(MODELS), {"lenet5", "mlp"})
+        self.assertEqual(set(MODELS), {"lenet5", "mlp", "resnet20"})
         self.assertIsInstance(make_model("mlp"), MLP)
         self.assertIsInstance(make_model("lenet5"), LeNet5)
+        self.assertIsInstance(make_model("resnet20"), ResNet20)
         self.assertEqual(make_model("mlp", num_classes=7).num_classes, 7)
-        with pytest.raises(ValueError, match=r"unknown model 'resnet'.*lenet5.*mlp"):
+        self.assertEqual(make_model("resnet20", num_classes=7).num_classes, 7)
+        with pytest.raises(ValueError, match=r"unknown model 'resnet'.*lenet5.*mlp.*resnet20"):
             make_model("resnet")
+
+
+# --- ResNet-20 ----------------------------------------------------------------------------------
+
+
+class ResNet20Test(chex.TestCase):
+    def test_parameter_count(self):
+        # Convolutions have no bias; each GroupNorm has a scale and a bias per channel (2 * c).
+        # stem:    3*3*3*16 = 432                                      + GN 2*16 =     32 ->    464
+        # stage 1: 6 convs 3*3*16*16 = 2304, each + GN 32: 6 * 2336                    ->  14016
+        # stage 2: 3*3*16*32 = 4608 + 64; 5 convs 3*3*32*32 = 9216, each + 64: 5 * 9280;
+        #          projection 1*1*16*32 = 512 + 64: 4672 + 46400 + 576                 ->  51648
+        # stage 3: 3*3*32*64 = 18432 + 128; 5 convs 3*3*64*64 = 36864, each + 128: 5 * 36992;
+        #          projection 1*1*32*64 = 2048 + 128: 18560 + 184960 + 2176            -> 205696
+        # dense:   64*10 + 10                                                          ->    650
+        expected = 464 + 14016 + 51648 + 205696 + 650
+        self.assertEqual(expected, 272474)
+        params = _init(ResNet20(), (32, 32, 3))
+        self.assertEqual(count_params(params), expected)
+        chex.assert_shape(params["conv"]["kernel"], (3, 3, 3, 16))
+        chex.assert_shape(params["stage2_block1"]["proj"]["kernel"], (1, 1, 16, 32))
+        chex.assert_shape(params["stage3_block3"]["conv2"]["kernel"], (3, 3, 64, 64))
+        chex.assert_shape(params["stage3_block3"]["norm2"]["scale"], (64,))
+        chex.assert_shape(params["head"]["kernel"], (64, 10))
+        self.assertNotIn("proj", params["stage1_block1"])  # identity shortcut where shapes agree
+        self.assertNotIn("proj", params["stage2_block2"])
+        # The spatial size and channel count only change the stem's kernel.
+        self.assertEqual(count_params(_init(ResNet20(), (28, 28, 1))), expected - 3 * 3 * 2 * 16)
+
+    def test_output_shapes(self):
+        model = ResNet20(num_classes=3)
+        params = _randomize(_init(model, (10, 10, 1)), 0)
+        apply = jax.jit(model.apply)
+        out = apply({"params": params}, jnp.ones((5, 10, 10, 1)))
+        chex.assert_shape(out, (5, 3))
+        chex.assert_type(out, jnp.float32)
+        chex.assert_shape(apply({"params": params}, jnp.ones((10, 10, 1))), (3,))  # no batch axis
+        chex.assert_shape(apply({"params": params}, jnp.ones((2, 4, 10, 10, 1))), (2, 4, 3))  # two
+        # Odd sizes: 7 -> 4 -> 2 after the two stride-2 stages, like a padded stride-2 conv in PyTorch.
+        chex.assert_shape(apply({"params": params}, jnp.ones((2, 7, 7, 1))), (2, 3))
+        with pytest.raises(ValueError, match="H, W, C"):
+            model.apply({"params": params}, jnp.ones((10, 10)))
+
+    def test_per_sample_normalization(self):
+        # GroupNorm: a sample's logits do not depend on the rest of its batch (BatchNorm's would).
+        model = ResNet20()
+        params = _randomize(_init(model, (8, 8, 3)), 1)
+        x = jnp.asarray(np.random.default_rng(2).uniform(size=(4, 8, 8, 3)), jnp.float32)
+        apply = jax.jit(model.apply)
+        full = apply({"params": params}, x)
+        self.assertGreater(float(jnp.abs(full[0] - full[1]).max()), 1e-3)
+        chex.assert_trees_all_close(apply({"params": params}, x[:1] + 0 * x[1:2]), full[:1], atol=1e-5)
+        chex.assert_trees_all_close(apply({"params": params}, x.at[1:].set(0.0))[0], full[0], atol=1e-5)
+
+    def test_jitted_grad_step(self):
+        model = ResNet20(num_classes=4)
+        params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]
+        rng = np.random.default_rng(3)
+        x = jnp.asarray(rng.uniform(size=(8, 8, 8, 1)), jnp.float32)
+        y = jnp.asarray(rng.integers(0, 4, 8))
+
+        def loss(p):
+            logits = model.apply({"params": p}, x)
+            return -jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], 1).mean()
+
+        @jax.jit
+        def step(p):
+            value, g = jax.value_and_grad(loss)(p)
+            return value, g, jax.tree.map(lambda a, b: a - 0.01 * b, p, g)
+
+        l0, grads, p1 = step(params)
+        chex.assert_trees_all_equal_shapes(grads, params)
+        chex.assert_tree_all_finite(grads)
+        # Every parameter gets a gradient (projection, norms and head included).
+        self.assertTrue(all(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads)))
+        self.assertTrue(np.isfinite(float(l0)))
+        losses = [float(l0)]
+        for _ in range(3):
+            value, _, p1 = step(p1)
+            losses.append(float(value))
+        self.assertLess(losses[-1], losses[0])  # a few small steps on one batch lower its loss
