@@ -468,14 +468,16 @@ def accuracy_panels(
                              constrained_layout=True, sharey=True)
     for k, (name, series) in enumerate(panels.items()):
         ax = axes[k // cols][k % cols]
+        any_positive_x = False
         for i, s in enumerate(series):
             x = np.array([np.nan if v is None else v for v in s["x"]], float)
             y = np.array([np.nan if v is None else v for v in s["y"]], float)
+            any_positive_x |= bool(np.any(x[np.isfinite(x)] > 0))
             ax.plot(x, y, marker="o", ms=3, lw=1.5, label=s["label"], color=s.get("color", f"C{i % 10}"),
                     ls=s.get("ls", "-"))
         ax.set_title(name, fontsize=10)
         ax.set_xlabel(xlabel)
-        if logx:
+        if logx and any_positive_x:  # a panel with no positive x (e.g. no server step yet) stays linear
             ax.set_xscale("log")
         ax.set_ylim(0.0, 1.0)
         ax.grid(alpha=0.3)

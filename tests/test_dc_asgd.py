@@ -112,13 +112,14 @@ def test_paper_preset_runs_resnet20_on_mock_cifar10(tmp_path, capsys):
     tfds.testing.mock_data stands in for CIFAR-10 (random 32x32x3 uint8 images, 10 classes, no download);
     1152 images make 9 steps of batch 128 in 1 epoch. ASGD and DC-ASGD-a at M = 8 (the preset's largest M,
     so the same compiled programs as the preset's), one learning rate and lambda0: 2 programs, 1 config each.
-    --loop step: XLA:CPU runs convolution gradients far slower inside the epoch's scan.
+    No --loop: on a CPU the default 'auto' must pick jitted steps for ResNet-20 (XLA:CPU runs its convolution
+    gradients far slower inside the epoch's scan) and say so.
     """
     tfds = pytest.importorskip("tensorflow_datasets")
     out = tmp_path / "paper"
     argv = ["dc_asgd", "--preset", "paper", "--data-dir", str(tmp_path), "--epochs", "1",
             "--methods", "asgd,dc-a", "--workers", "8", "--learning-rates", "0.1", "--lambdas-a", "2",
-            "--loop", "step", "--out", str(out)]
+            "--out", str(out)]
     with tfds.testing.mock_data(num_examples=1152):
         assert main(argv) == 0
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
@@ -131,7 +132,9 @@ def test_paper_preset_runs_resnet20_on_mock_cifar10(tmp_path, capsys):
     text = (out / "report.md").read_text()
     assert text.startswith("# DC-ASGD (Zheng et al. 2017) — resnet20 on tfds:cifar10")
     assert "GroupNorm instead of the paper's BatchNorm" in text
-    assert "ran 2 configs" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "ran 2 configs" in printed
+    assert "ResNet-20 on a CPU: jitted steps driven from Python (--loop step)" in printed
 
 
 def test_paper_preset_follows_papers_section_3():
@@ -139,3 +142,36 @@ def test_paper_preset_follows_papers_section_3():
     assert p["model"] == "resnet20" and p["data"] == "tfds:cifar10" and p["workers"] == [4, 8]
     assert 0.04 in p["lambdas_c"] and 2.0 in p["lambdas_a"]  # the paper's defaults are in the grids
     assert p["momentum"] == 0.0 and p["methods"] == list(dc_asgd.METHODS)
+
+
+def test_time_panel_with_no_positive_time_stays_linear(tmp_path, monkeypatch):
+    """accuracy_vs_time with M - 1 >= gradients per epoch: a panel whose times are all 0 (no server step yet).
+
+    Log-scaling it made matplotlib warn 'Data has no positive values, and therefore cannot be log-scaled';
+    such a panel keeps a linear x axis, the others are log-scaled.
+    """
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    from experiments import plots
+
+    panels = {"M = 16": [dict(label="asgd", x=[0.0, 0.0], y=[0.1, 0.1])],
+              "M = 4": [dict(label="asgd", x=[2.0, 4.0], y=[0.5, 0.6])]}
+    seen = []
+    real_savefig = matplotlib.figure.Figure.savefig
+
+    def spy(fig, *a, **k):
+        seen.extend(ax.get_xscale() for ax in fig.axes)
+        return real_savefig(fig, *a, **k)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", spy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plots.accuracy_panels(panels, str(tmp_path / "t.png"), xlabel="time", logx=True)
+    assert seen == ["linear", "log"]
+    assert (tmp_path / "t.png").stat().st_size > 0
+    plt.close("all")
