@@ -295,6 +295,17 @@ def _merge_process_results(main_path: str, parts: list[str], configs: list[dict]
     return ResultsFile(main_path)
 
 
+def configs_from_grids(grids: list[dict], num_train: int | None) -> list[dict]:
+    """Every config of ``grids`` (each expanded by :func:`asgd_jax.sweep.expand_grid`), normalized and checked;
+    a bad value raises :class:`UsageError` with the library's one-line message."""
+    from asgd_jax.sweep import expand_grid, normalize_config
+
+    try:
+        return [normalize_config(c, num_train) for g in grids for c in expand_grid(g)]
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
 def run_study(study: str, args, settings: dict, make_configs):
     """The shared start of a training study: every check before any data is read or compiled, then the sweep.
 

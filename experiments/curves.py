@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Mapping, Sequence
 
-import numpy as np
 
 from experiments import plots
 
@@ -16,42 +14,27 @@ def accuracy_curves(
     title: str = "",
     vlines: Mapping[str, Sequence[float]] | None = None,
 ) -> None:
-    """Test accuracy against epochs, one panel per key of ``panels``.
+    """Test accuracy against epochs, one panel per key of ``panels`` (drawn by :func:`plots.accuracy_panels`).
 
     Args:
-        panels: panel title → list of ``(label, accuracy per epoch, matplotlib kwargs)``;
-            ``None`` entries (non-finite results) are drawn as gaps.
+        panels: panel title → list of ``(label, accuracy per epoch, style)``; ``style`` may give
+            ``color`` and ``linestyle``; ``None`` entries (non-finite results) are drawn as gaps.
         path: the PNG to write.
         title: the figure's title.
-        vlines: optional panel title → x positions (epochs) of dashed vertical lines.
+        vlines: optional panel title → x positions (epochs) of dotted vertical lines.
     """
-    plt = plots._pyplot()
-    n = len(panels)
-    cols = min(n, 3)
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(
-        rows, cols, figsize=(4.6 * cols, 3.4 * rows), squeeze=False, constrained_layout=True, sharey=True
-    )
-    for k, (name, curves) in enumerate(panels.items()):
-        ax = axes[k // cols][k % cols]
-        for label, acc, kwargs in curves:
-            y = np.array([np.nan if a is None else a for a in acc], float)
-            ax.plot(np.arange(1, len(y) + 1), y, label=label, **kwargs)
-        for x in (vlines or {}).get(name, []):
-            ax.axvline(x, color="grey", linestyle=":", linewidth=1)
-        ax.set_title(name)
-        ax.set_xlabel("epoch")
-        ax.set_ylim(0.0, 1.0)
-        ax.grid(alpha=0.3)
-        if k % cols == 0:
-            ax.set_ylabel("test accuracy")
-        ax.legend(fontsize=7, loc="lower right")
-    for k in range(n, rows * cols):
-        axes[k // cols][k % cols].axis("off")
-    if title:
-        fig.suptitle(title)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    unknown = {k for curves in panels.values() for _, _, style in curves for k in style} - {"color", "linestyle"}
+    if unknown:
+        raise ValueError(f"accuracy_curves styles take color and linestyle only, not {sorted(unknown)}.")
+    series = {
+        name: [
+            dict(label=label, x=list(range(1, len(acc) + 1)), y=list(acc),
+                 **{k: v for k, v in (("color", style.get("color")), ("ls", style.get("linestyle"))) if v})
+            for label, acc, style in curves
+        ]
+        for name, curves in panels.items()
+    }
+    plots.accuracy_panels(series, path, xlabel="epoch", title=title, vlines=vlines)
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence], fmt: Callable = str) -> str:

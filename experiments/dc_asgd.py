@@ -162,8 +162,6 @@ def check_settings(s: dict) -> None:
 
 def make_configs(s: dict, num_train: int | None = None) -> list[dict]:
     """Sequential SGD per learning rate, then per M: ASGD, SSGD, DC-ASGD-c x lambda, DC-ASGD-a x lambda0."""
-    from asgd_jax.sweep import expand_grid, normalize_config
-
     check_settings(s)
     bound = max(s["workers"])
     base = {
@@ -183,10 +181,7 @@ def make_configs(s: dict, num_train: int | None = None) -> list[dict]:
         grids.append({**many, "compensation": "dc-c", "dc_lambda": s["lambdas_c"]})
     if "dc-a" in s["methods"]:
         grids.append({**many, "compensation": "dc-a", "dc_lambda": s["lambdas_a"]})
-    try:
-        return [normalize_config(c, num_train) for g in grids for c in expand_grid(g)]
-    except ValueError as e:
-        raise common.UsageError(str(e)) from None
+    return common.configs_from_grids(grids, num_train)
 
 
 def method_of(r: dict) -> str:

@@ -158,8 +158,6 @@ def intro_hparams(intro: str, workers: int, w: int) -> dict:
 
 def make_configs(s: dict, num_train: int | None = None) -> list[dict]:
     """Per server optimizer and introduction its learning rates, then SSGD (SGD) as the synchronous reference."""
-    from asgd_jax.sweep import expand_grid, normalize_config
-
     check_settings(s)
     w = intro_steps(s, num_train)
     base = {
@@ -177,10 +175,7 @@ def make_configs(s: dict, num_train: int | None = None) -> list[dict]:
     if s["ssgd"]:
         grids.append({**base, "optimizer": "sgd", "momentum": s["momentum"], "server_rule": "sync",
                       "learning_rate": s["sgd_learning_rates"]})
-    try:
-        return [normalize_config(c, num_train) for g in grids for c in expand_grid(g)]
-    except ValueError as e:
-        raise common.UsageError(str(e)) from None
+    return common.configs_from_grids(grids, num_train)
 
 
 def method_of(r: dict) -> str:

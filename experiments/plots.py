@@ -453,12 +453,14 @@ def step_size_scores(
 
 
 def accuracy_panels(
-    panels: Mapping[str, Sequence[Mapping]], path: str, *, xlabel: str, title: str = "", logx: bool = False
+    panels: Mapping[str, Sequence[Mapping]], path: str, *, xlabel: str, title: str = "", logx: bool = False,
+    vlines: Mapping[str, Sequence[float]] | None = None,
 ) -> None:
     """Test accuracy curves, one panel per key of ``panels`` (shared y axis from 0 to 1).
 
     ``panels``: panel title → mappings with ``label``, ``x``, ``y`` (equal-length
     sequences; ``None`` points are gaps) and optional ``color``, ``ls``.
+    ``vlines``: optional panel title → x positions of dotted grey vertical lines.
     """
     plt = _pyplot()
     n = max(1, len(panels))
@@ -475,6 +477,8 @@ def accuracy_panels(
             any_positive_x |= bool(np.any(x[np.isfinite(x)] > 0))
             ax.plot(x, y, marker="o", ms=3, lw=1.5, label=s["label"], color=s.get("color", f"C{i % 10}"),
                     ls=s.get("ls", "-"))
+        for v in (vlines or {}).get(name, []):
+            ax.axvline(v, color="grey", linestyle=":", linewidth=1)
         ax.set_title(name, fontsize=10)
         ax.set_xlabel(xlabel)
         if logx and any_positive_x:  # a panel with no positive x (e.g. no server step yet) stays linear
