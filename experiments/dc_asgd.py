@@ -109,7 +109,7 @@ def add_arguments(p) -> None:
     p.add_argument("--data", help=sources.SOURCES_HELP)
     p.add_argument("--data-dir", help="TFDS data directory (tfds: sources only)")
     p.add_argument("--out", help="output directory (default: runs/dc_asgd-<preset>)")
-    p.add_argument("--model", help="lenet5, mlp or resnet20 (the paper's; GroupNorm; on a CPU --loop auto means step)")
+    p.add_argument("--model", help="lenet5, mlp or resnet20 (the paper's, GroupNorm; on a CPU --loop auto = step)")
     p.add_argument("--methods", help="comma-separated subset of " + ",".join(METHODS))
     p.add_argument("--workers", help="comma-separated worker counts M >= 2 (sequential SGD is M = 1)")
     p.add_argument("--learning-rates", help="comma-separated")
@@ -375,9 +375,9 @@ def plot(out: str, s: dict, best: dict, dataset_name: str) -> list[str]:
 
 
 def run(args) -> int:
-    s = settings_from_args(args)
     import jax
 
+    s = settings_from_args(args)
     if args.loop == "auto" and s["model"] == "resnet20" and jax.default_backend() == "cpu":
         # XLA:CPU runs ResNet-20's convolution gradients ~20x slower inside lax.scan (module docstring).
         print("dc_asgd: ResNet-20 on a CPU: jitted steps driven from Python (--loop step), not lax.scan epochs")
