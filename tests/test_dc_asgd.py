@@ -2,6 +2,7 @@
 
 import json
 
+import jax
 import pytest
 
 from experiments import dc_asgd
@@ -134,7 +135,8 @@ def test_paper_preset_runs_resnet20_on_mock_cifar10(tmp_path, capsys):
     assert "GroupNorm instead of the paper's BatchNorm" in text
     printed = capsys.readouterr().out
     assert "ran 2 configs" in printed
-    assert "ResNet-20 on a CPU: jitted steps driven from Python (--loop step)" in printed
+    if jax.default_backend() == "cpu":
+        assert "ResNet-20 on a CPU: jitted steps driven from Python (--loop step)" in printed
 
 
 def test_paper_preset_follows_papers_section_3():
