@@ -90,7 +90,7 @@ class TrainConfig:
     """What fixes the compiled program's shapes (one value per sweep group).
 
     Attributes:
-        model: ``"lenet5"`` or ``"mlp"``.
+        model: ``"lenet5"``, ``"mlp"`` or ``"resnet20"``.
         optimizer: server optimizer family, a key of :data:`OPTIMIZERS`.
         batch_size: samples per gradient.
         epochs: passes over the training set (``num_train // batch_size`` steps
@@ -656,16 +656,29 @@ def make_train(
     return train
 
 
-def default_loop() -> str:
-    """``"scan"`` (each epoch's steps inside ``lax.scan``, one call per epoch) on every backend.
+def default_loop(model: str | None = None) -> str:
+    """The loop driver ``loop="auto"`` means: ``"scan"``, except ``"step"`` for ResNet-20 on a CPU.
 
+    ``"scan"`` runs each epoch's steps inside ``lax.scan`` (one call per epoch).
     On XLA:CPU the scanned LeNet-5 step used to be about 3.5× slower than the
     same step jitted at top level (shared/PERF_NOTES.md); with the space-to-depth
     LeNet-5 of :mod:`asgd_jax.models` (matmuls and elementwise pools only) the
     scan is the faster driver there too: 22 000 vs 20 500 config-samples/s at
     batch 64 and 24 500 vs 15 200 at batch 512 for one config on a 2-core CPU
-    (``python -m experiments benchmark``).
+    (``python -m experiments benchmark``). :class:`~asgd_jax.models.ResNet20`
+    keeps real convolutions, whose gradients XLA:CPU runs about 20× slower inside
+    the scan (17 s against 0.74 s per batch-128 step on a 2-core CPU), so
+    ``model="resnet20"`` on the CPU backend gets ``"step"``.
+
+    Args:
+        model: the config's model name (``TrainConfig.model``); ``None`` for the
+            default driver of models without convolutions.
+
+    >>> default_loop("lenet5")
+    'scan'
     """
+    if model == "resnet20" and jax.default_backend() == "cpu":
+        return "step"
     return "scan"
 
 
@@ -686,7 +699,7 @@ def run_configs(
         hparams: dict of arrays with leading axis ``K``.
         loop: ``"scan"``: one compiled program per epoch (steps in ``lax.scan``);
             ``"step"``: one compiled, vmapped step called from Python per step
-            (fast on XLA:CPU); ``"auto"``: :func:`default_loop`.
+            (fast on XLA:CPU); ``"auto"``: :func:`default_loop` of the trainer's model.
         on_epoch: called after each epoch with ``(epoch_index, metrics)`` (NumPy
             arrays with leading axis ``K``), e.g. for a progress bar.
         mesh: shard the config axis over this 1-D mesh's devices (``K`` must be
@@ -697,7 +710,7 @@ def run_configs(
     Returns:
         NumPy metrics with shape ``(K, epochs)``.
     """
-    loop = default_loop() if loop == "auto" else loop
+    loop = default_loop(trainer.config.model) if loop == "auto" else loop
     if loop not in ("scan", "step"):
         raise ValueError(f"unknown loop {loop!r}; choose 'scan', 'step' or 'auto'.")
     data = trainer.data

@@ -56,7 +56,6 @@ against 17 s per batch-128 step, measured on a 2-core CPU).
 
 from __future__ import annotations
 
-import argparse
 import os
 
 from experiments import async_results, common, curves, plots, sources
@@ -375,13 +374,11 @@ def plot(out: str, s: dict, best: dict, dataset_name: str) -> list[str]:
 
 
 def run(args) -> int:
-    import jax
+    from asgd_jax.train import default_loop
 
     s = settings_from_args(args)
-    if args.loop == "auto" and s["model"] == "resnet20" and jax.default_backend() == "cpu":
-        # XLA:CPU runs ResNet-20's convolution gradients ~20x slower inside lax.scan (module docstring).
+    if args.loop == "auto" and s["model"] == "resnet20" and default_loop(s["model"]) == "step":
         print("dc_asgd: ResNet-20 on a CPU: jitted steps driven from Python (--loop step), not lax.scan epochs")
-        args = argparse.Namespace(**{**vars(args), "loop": "step"})
     out, dataset, records, ran, wall = common.run_study(NAME, args, s, make_configs)
     best = summarize(records, s["workers"])
     figures = plot(out, s, best, dataset.name)
