@@ -34,8 +34,11 @@ from jax.scipy.special import ndtr
 __all__ = [
     "TimingModel", "Fixed", "Normal", "Exponential", "LogNormal", "Uniform", "PerWorker",
     "Stragglers", "fixed", "normal", "exponential", "lognormal", "uniform", "per_worker",
-    "stragglers", "as_timing",
+    "stragglers", "as_timing", "LAWS", "from_name",
 ]
+
+# The base laws :func:`from_name` knows, by name (what a command line or a config file names).
+LAWS = ("fixed", "normal", "exponential", "lognormal", "uniform")
 
 
 def _f32(x) -> jax.Array:
@@ -385,3 +388,50 @@ def as_timing(model) -> TimingModel:
     if model is None:
         raise ValueError("timing must be a compute-time model (asgd_jax.timing) or a positive number, got None.")
     return Fixed(model)
+
+
+def from_name(name: str, mean=1.0, spread=0.0) -> TimingModel:
+    r"""A base law by name, parameterised by its location ``mean`` and a ``spread``.
+
+    ======================  ============================================
+    ``name``                model
+    ======================  ============================================
+    ``"fixed"``             ``fixed(mean)`` (``spread`` unused)
+    ``"normal"``            ``normal(mean, std=spread)``
+    ``"exponential"``       ``exponential(mean)`` (``spread`` unused)
+    ``"lognormal"``         ``lognormal(mean, sigma=spread)``
+    ``"uniform"``           ``uniform(mean - spread, mean + spread)``
+    ======================  ============================================
+
+    The one place where a name (a command-line option, a config field) becomes a
+    model; ``mean`` and ``spread`` may be traced.
+
+    Args:
+        name: one of :data:`LAWS`.
+        mean: the location :math:`\mu` (the mean, except for the truncated normal,
+            whose mean is slightly above :math:`\mu` when :math:`\sigma` is large).
+        spread: the normal's standard deviation, the log-normal's :math:`\sigma`
+            or the uniform's half-width.
+
+    Raises:
+        ValueError: an unknown name.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from asgd_jax import timing
+        >>> timing.from_name("uniform", 2.0, 0.5)
+        Uniform(low=1.5, high=2.5)
+        >>> timing.from_name("fixed", 3.0).sample(jax.random.key(0), jnp.arange(2))
+        Array([3., 3.], dtype=float32)
+    """
+    if name == "fixed":
+        return fixed(mean)
+    if name == "normal":
+        return normal(mean, spread)
+    if name == "exponential":
+        return exponential(mean)
+    if name == "lognormal":
+        return lognormal(mean, spread)
+    if name == "uniform":
+        return uniform(mean - spread, mean + spread)
+    raise ValueError(f"unknown timing law {name!r}; choose one of {', '.join(LAWS)}.")
