@@ -18,7 +18,8 @@ from asgd_jax.train import (
     normalize_hparams,
     run_configs,
 )
-from asgd_jax import data, problems, timing
+from asgd_jax import data, events, problems, rules, timing
+from asgd_jax.synchronous import SyncState, synchronous
 from asgd_jax.simulator import (
     COMPENSATIONS,
     SERVER_RULES,
@@ -29,6 +30,8 @@ from asgd_jax.simulator import (
     StalenessTrace,
     active_workers,
     asynchronous,
+    parameter_server,
+    server_chain,
     next_worker,
     simulate_staleness,
 )
@@ -56,6 +59,12 @@ __all__ = [
     "problems",
     "timing",
     "asynchronous",
+    "parameter_server",
+    "server_chain",
+    "synchronous",
+    "SyncState",
+    "events",
+    "rules",
     "next_worker",
     "active_workers",
     "simulate_staleness",

@@ -2,7 +2,7 @@
 
 A synchronous optimizer wrapped so that the gradient computed at step ``t`` is
 applied ``d`` steps later, at step ``t + d``. A constant delay ``d`` stands for
-``d + 1`` equally fast asynchronous workers (shared/PAPERS.md §1).
+``d + 1`` equally fast asynchronous workers (docs/methods.md).
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from asgd_jax._buffers import write_then_read
 
 __all__ = ["DelayedState", "delayed", "validate_delay"]
 
@@ -154,18 +156,9 @@ def delayed(
         if max_delay == 0:
             stale, buffer = updates, state.buffer
         else:
-            # Write g_t first, then read g_{t-d} from the updated buffer: with
-            # max_delay + 1 slots, g_{t-d} is still there for every d <= max_delay
-            # (d == 0 reads g_t back). Reading before writing made XLA:CPU copy the
-            # whole buffer twice per step.
-            write = jnp.mod(t, slots)
-            read = jnp.mod(t - d, slots)
-            buffer = jax.tree.map(
-                lambda b, g: jax.lax.dynamic_update_index_in_dim(b, g.astype(b.dtype), write, 0),
-                state.buffer,
-                updates,
-            )
-            stale = jax.tree.map(lambda b: jax.lax.dynamic_index_in_dim(b, read, keepdims=False), buffer)
+            # Write g_t first, then read g_{t-d}: with max_delay + 1 slots, g_{t-d} is still
+            # there for every d <= max_delay (d == 0 reads g_t back).
+            buffer, stale = write_then_read(state.buffer, updates, jnp.mod(t, slots), jnp.mod(t - d, slots))
         new_updates, new_inner = inner.update(stale, state.inner_state, params, **extra_args)
         if max_delay == 0:
             out_updates, out_inner = new_updates, new_inner

@@ -78,6 +78,16 @@ class TimingModel:
         """The expected compute time of each element of ``worker`` (float32)."""
         raise NotImplementedError
 
+    def sample_at(self, key: jax.Array, worker: Any, num_workers: Any, now: Any) -> jax.Array:
+        """Draws the time of a job that ``worker`` starts at clock time ``now``.
+
+        The event model (:mod:`asgd_jax.events`) calls this. The laws here do not
+        depend on the clock, so it is :meth:`sample`; a model whose speeds change
+        over time overrides it.
+        """
+        del now
+        return self.sample(key, worker, num_workers)
+
 
 @_pytree_dataclass
 class Fixed(TimingModel):

@@ -1,0 +1,367 @@
+r"""The event model: workers, a pool of in-flight jobs and a simulated clock, as a pure state.
+
+Every asynchronous system of asgd_jax runs on this module. Its state,
+:class:`EventState`, holds the pool of in-flight jobs, each worker's queue and
+clock, the rule that picks the next job's worker and the simulated time; it
+holds no gradients (the transforms built on it keep those). Three pure functions
+move it:
+
+* :func:`step` dispatches the job of :attr:`EventState.next_worker`: worker
+  :math:`j` finishes it at :math:`\max(\text{now}, \text{busy}_j) + T`, with
+  :math:`T` drawn from :math:`j`'s compute-time model (which may depend on the
+  worker and on the clock), and :math:`\text{busy}_j` moves to that time, so a
+  worker handed several jobs runs them in order (FIFO) without idling. Once the
+  pool holds as many jobs as there are active workers, the job with the earliest
+  finish arrives (ties: the earliest dispatched); the clock moves to its finish
+  time and its staleness is :math:`\tau = \text{version} - v_{\text{job}}`. It
+  returns an :class:`Arrival` record.
+* :func:`record_step` tells the model whether the server took a step with that
+  arrival (``version`` counts only steps really taken) and picks the worker of
+  the next job under the assignment rule.
+* :func:`cancel` abandons a worker's in-flight jobs (the worker is free at once,
+  the caller dispatches its next job).
+
+Assignment rules (AsGrad, Islamov et al. 2024): ``"pure"``, the next job goes
+to the lowest-id active worker with nothing in flight (in steady state the one
+that just finished); ``"random"``, a uniform active worker; ``"shuffle"``,
+``perm[t mod n]`` with a fresh permutation every ``n`` dispatches. At start-up
+(and when workers are introduced) jobs go to the workers not started yet, in id
+order. The first ``n - 1`` steps only fill the pool (nothing arrives, time 0).
+With equal fixed times and the pure rule, every arrival has staleness ``n - 1``:
+the constant delay of :func:`asgd_jax.delayed`.
+
+Gradual introduction: after :math:`v` server steps
+:math:`\min(n, n_0 + a\lfloor v/e \rfloor)` workers are active.
+
+:func:`simulate_staleness` is a scan over :func:`step` with every arrival
+taken as a step (the Monte Carlo of Jain et al. 2018, Figure 1). The methods
+and their citations are in ``docs/methods.md``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from asgd_jax import _checks
+from asgd_jax import timing as timing_lib
+
+__all__ = ["ASSIGNMENTS", "Jobs", "EventState", "Arrival", "StalenessTrace", "init", "step",
+           "record_step", "cancel", "active_workers", "simulate_staleness"]
+
+ASSIGNMENTS = ("pure", "random", "shuffle")
+_INT_MAX = int(np.iinfo(np.int32).max)
+
+
+class Jobs(NamedTuple):
+    """The pool of in-flight jobs, one entry per slot (``max_workers`` slots).
+
+    Attributes:
+        finish: float32[P], simulated time at which the job finishes.
+        seq: int32[P], dispatch index of the job (the tie-break: earliest first).
+        version: int32[P], server version the job's gradient was computed at.
+        worker: int32[P], worker processing the job.
+        valid: bool[P], whether the slot holds an in-flight job.
+    """
+
+    finish: jax.Array
+    seq: jax.Array
+    version: jax.Array
+    worker: jax.Array
+    valid: jax.Array
+
+
+class EventState(NamedTuple):
+    """The event model's state (every field an array, or a pytree of arrays).
+
+    Attributes:
+        time: float32, the clock: finish time of the last arrival (0 during start-up).
+        version: int32, server steps taken so far (moved by :func:`record_step`).
+        dispatched: int32, jobs dispatched so far.
+        arrivals: int32, jobs that arrived so far.
+        last_staleness: int32, staleness of the last arrival (-1 before any).
+        last_worker: int32, worker of the last arrival (-1 before any).
+        next_worker: int32, worker of the job the next :func:`step` dispatches.
+        in_flight: int32, jobs in the pool between steps.
+        started: int32, workers that have had a job (workers start in id order).
+        queued: int32[P], per worker, its jobs in flight (running or queued).
+        busy_until: float32[P], per worker, when its last queued job finishes.
+        jobs: :class:`Jobs`, the pool.
+        perm: int32[P], the shuffle rule's current permutation.
+        perm_pos: int32, position within ``perm``.
+        key: PRNG key of compute times and assignment draws.
+        assign_key: key of the next assignment draw (split off by :func:`step`).
+        timing: the compute-time model (:mod:`asgd_jax.timing`), a pytree of arrays.
+        workers: int32, the number of workers :math:`n`.
+        initial_workers, add_workers, add_every: int32, the introduction schedule.
+    """
+
+    time: jax.Array
+    version: jax.Array
+    dispatched: jax.Array
+    arrivals: jax.Array
+    last_staleness: jax.Array
+    last_worker: jax.Array
+    next_worker: jax.Array
+    in_flight: jax.Array
+    started: jax.Array
+    queued: jax.Array
+    busy_until: jax.Array
+    jobs: Jobs
+    perm: jax.Array
+    perm_pos: jax.Array
+    key: jax.Array
+    assign_key: jax.Array
+    timing: Any
+    workers: jax.Array
+    initial_workers: jax.Array
+    add_workers: jax.Array
+    add_every: jax.Array
+
+
+class Arrival(NamedTuple):
+    """What one :func:`step` did.
+
+    Attributes:
+        arrived: bool, whether a job arrived (false while the pool fills).
+        worker: int32, the arriving job's worker.
+        staleness: int32, server steps between its dispatch and its arrival.
+        time: float32, its finish time (the clock after the step).
+        version: int32, the server version it was computed at.
+        slot: int32, its slot in the pool.
+        new_slot: int32, the slot of the job dispatched in this step.
+    """
+
+    arrived: jax.Array
+    worker: jax.Array
+    staleness: jax.Array
+    time: jax.Array
+    version: jax.Array
+    slot: jax.Array
+    new_slot: jax.Array
+
+
+class StalenessTrace(NamedTuple):
+    """Per-arrival output of :func:`simulate_staleness` (arrays of length ``num_arrivals``).
+
+    Attributes:
+        staleness: int32, server steps between the job's dispatch and its arrival.
+        worker: int32, worker that computed the arriving job.
+        time: float32, simulated arrival time.
+    """
+
+    staleness: jax.Array
+    worker: jax.Array
+    time: jax.Array
+
+
+def init(workers, *, timing=1.0, max_workers: int | None = None, key=0, initial_workers=None,
+         add_workers=1, add_every=1) -> EventState:
+    """A fresh event model: no job in flight, clock at 0, the first job for worker 0.
+
+    Args:
+        workers: number of workers :math:`n \\ge 1` (traced if ``max_workers`` bounds it).
+        timing: compute-time model or a positive number (a fixed time).
+        max_workers: static pool size (default ``workers``).
+        key: PRNG key or int seed.
+        initial_workers: active workers at the start :math:`n_0` (default all).
+        add_workers: workers added at each introduction :math:`a \\ge 0`.
+        add_every: server steps between introductions :math:`e \\ge 1`.
+
+    Example:
+        >>> from asgd_jax import events
+        >>> s = events.init(3, timing=2.0)
+        >>> int(s.workers), s.jobs.valid.tolist(), int(s.next_worker)
+        (3, [False, False, False], 0)
+    """
+    size = _checks.static_bound("workers", workers, max_workers, "max_workers")
+    _checks.check_int("add_workers", add_workers, 0)
+    _checks.check_int("add_every", add_every, 1)
+    if initial_workers is not None:
+        _checks.check_int("initial_workers", initial_workers, 1)
+    model = timing_lib.as_timing(timing)
+    i32 = lambda x: jnp.array(x, jnp.int32)
+    zero = lambda: jnp.zeros([], jnp.int32)
+    n = jnp.clip(i32(workers), 1, size)
+    key = jnp.copy(_checks.as_key(key))
+    return EventState(
+        time=jnp.zeros([], jnp.float32), version=zero(), dispatched=zero(), arrivals=zero(),
+        last_staleness=i32(-1), last_worker=i32(-1), next_worker=zero(), in_flight=zero(),
+        started=zero(), queued=jnp.zeros([size], jnp.int32), busy_until=jnp.zeros([size], jnp.float32),
+        jobs=Jobs(finish=jnp.full([size], jnp.inf, jnp.float32), seq=jnp.zeros([size], jnp.int32),
+                  version=jnp.zeros([size], jnp.int32), worker=jnp.zeros([size], jnp.int32),
+                  valid=jnp.zeros([size], bool)),
+        perm=jnp.arange(size, dtype=jnp.int32), perm_pos=zero(), key=key, assign_key=jnp.copy(key),
+        timing=jax.tree.map(lambda x: jnp.array(x, jnp.float32), model), workers=n,
+        initial_workers=jnp.array(n) if initial_workers is None else i32(initial_workers),
+        add_workers=i32(add_workers), add_every=i32(add_every))
+
+
+def active_workers(state: EventState, version=None) -> jax.Array:
+    r"""Active workers after ``version`` (default: the state's) server steps: :math:`\min(n, n_0 + a\lfloor v/e\rfloor)`."""
+    version = state.version if version is None else version
+    grown = state.initial_workers + state.add_workers * (version // jnp.maximum(state.add_every, 1))
+    return jnp.clip(grown, 1, state.workers)
+
+
+def _earliest(jobs: Jobs) -> jax.Array:
+    """Slot of the valid job with the earliest finish; ties: the earliest dispatched."""
+    finish = jnp.where(jobs.valid, jobs.finish, jnp.inf)
+    candidates = jobs.valid & (finish == jnp.min(finish))
+    return jnp.argmin(jnp.where(candidates, jobs.seq, _INT_MAX)).astype(jnp.int32)
+
+
+def step(state: EventState, assignment: str = "pure") -> tuple[EventState, Arrival]:
+    """Dispatches the job of ``state.next_worker``; pops the earliest job once the pool is full.
+
+    Leaves ``version`` and ``next_worker`` alone: call :func:`record_step` next.
+    When nothing is random (fixed times, the pure rule) the key is not split.
+    """
+    if assignment == "pure" and not state.timing.is_random:
+        key = k_time = k_assign = state.key
+    else:
+        key, k_time, k_assign = jax.random.split(state.key, 3)
+    w = state.next_worker
+    jobs = state.jobs
+    new = jnp.argmin(jobs.valid).astype(jnp.int32)  # first free slot
+    start = jnp.maximum(state.time, state.busy_until[w])
+    finish = start + state.timing.sample_at(k_time, w, state.workers, start)
+    jobs = Jobs(finish=jobs.finish.at[new].set(finish), seq=jobs.seq.at[new].set(state.dispatched),
+                version=jobs.version.at[new].set(state.version), worker=jobs.worker.at[new].set(w),
+                valid=jobs.valid.at[new].set(True))
+    queued = state.queued.at[w].add(1)
+    in_flight = state.in_flight + 1
+    popped = in_flight >= active_workers(state)
+    slot = _earliest(jobs)
+    staleness = state.version - jobs.version[slot]
+    worker = jobs.worker[slot]
+    arrival = Arrival(arrived=popped, worker=worker, staleness=staleness, time=jobs.finish[slot],
+                      version=jobs.version[slot], slot=slot, new_slot=new)
+    state = state._replace(
+        time=jnp.where(popped, jobs.finish[slot], state.time), dispatched=state.dispatched + 1,
+        arrivals=state.arrivals + popped.astype(jnp.int32),
+        last_staleness=jnp.where(popped, staleness, state.last_staleness),
+        last_worker=jnp.where(popped, worker, state.last_worker),
+        in_flight=in_flight - popped.astype(jnp.int32), started=jnp.maximum(state.started, w + 1),
+        queued=queued.at[worker].add(-popped.astype(jnp.int32)), busy_until=state.busy_until.at[w].set(finish),
+        jobs=jobs._replace(valid=jobs.valid.at[slot].set(~popped)), key=key, assign_key=k_assign)
+    return state, arrival
+
+
+def _random_permutation(key, active, size) -> jax.Array:
+    """A uniform permutation of ``0 .. active-1`` in the first ``active`` entries."""
+    ids = jnp.arange(size)
+    u = jnp.where(ids < active, jax.random.bits(key, (size,), jnp.uint32) >> 1, jnp.uint32(2 ** 31))
+    return jnp.argsort(u, stable=True).astype(jnp.int32)
+
+
+def record_step(state: EventState, stepped, assignment: str = "pure") -> EventState:
+    """Counts a server step if ``stepped``, then picks the worker of the next job.
+
+    Example:
+        >>> from asgd_jax import events
+        >>> s = events.init(2, timing=1.0)
+        >>> for _ in range(3):
+        ...     s, a = events.step(s)
+        ...     s = events.record_step(s, a.arrived)
+        >>> int(s.version), int(s.last_staleness), int(s.next_worker)
+        (2, 1, 1)
+    """
+    state = state._replace(version=state.version + jnp.asarray(stepped).astype(jnp.int32))
+    active = active_workers(state)
+    perm, pos = state.perm, state.perm_pos
+    ids = jnp.arange(perm.shape[0], dtype=jnp.int32)
+    if assignment == "pure":
+        idle = (ids < active) & (state.queued == 0)
+        return state._replace(next_worker=jnp.argmax(idle).astype(jnp.int32))
+    fill = state.started < active
+    if assignment == "random":
+        chosen = jax.random.randint(state.assign_key, (), 0, active, jnp.int32)
+    elif assignment == "shuffle":
+        new_window = (pos == 0) | (pos >= active)
+        idx = jnp.where(new_window, 0, pos)
+        fresh = _random_permutation(state.assign_key, active, perm.shape[0])
+        perm = jnp.where(new_window & ~fill, fresh, perm)
+        chosen = perm[idx]
+        nxt = idx + 1
+        pos = jnp.where(fill, pos, jnp.where(nxt >= active, 0, nxt))
+    else:
+        raise ValueError(f"unknown assignment {assignment!r}; choose one of {ASSIGNMENTS}.")
+    return state._replace(
+        next_worker=jnp.where(fill, state.started, chosen).astype(jnp.int32), perm=perm, perm_pos=pos)
+
+
+def cancel(state: EventState, worker) -> tuple[EventState, jax.Array]:
+    """Abandons every in-flight job of ``worker``; it is free from the current time on.
+
+    Returns the new state and a ``bool[P]`` mask of the cancelled slots (their
+    gradients are void). The pool then holds fewer jobs than active workers, so
+    the next :func:`step` only dispatches: give ``worker`` its new job by setting
+    ``next_worker`` (``state._replace(next_worker=worker)``), which restarts it
+    at the current version (Ringmaster's stop variant, MindFlayer's restarts).
+
+    Example:
+        >>> from asgd_jax import events
+        >>> s = events.init(2, timing=1.0)
+        >>> s, _ = events.step(s)
+        >>> s, mask = events.cancel(s, 0)
+        >>> mask.tolist(), int(s.in_flight), int(s.queued[0])
+        ([True, False], 0, 0)
+    """
+    jobs = state.jobs
+    mask = jobs.valid & (jobs.worker == worker)
+    count = jnp.sum(mask).astype(jnp.int32)
+    return state._replace(
+        jobs=jobs._replace(valid=jobs.valid & ~mask, finish=jnp.where(mask, jnp.inf, jobs.finish)),
+        in_flight=state.in_flight - count, queued=state.queued.at[worker].set(0),
+        busy_until=state.busy_until.at[worker].set(state.time)), mask
+
+
+def simulate_staleness(workers, timing, num_arrivals: int, *, key=0, assignment: str = "pure",
+                       max_workers: int | None = None) -> StalenessTrace:
+    r"""Runs only the event model (every arrival a server step) and returns each arrival's staleness.
+
+    ``n`` workers with compute times from ``timing``: a start-up fill of ``n - 1``
+    dispatches, then one dispatch and one arrival per step. With the same ``key``,
+    ``assignment`` and ``timing`` the trace is what :func:`asgd_jax.asynchronous`
+    sees. With ``timing=normal(1, 0.2)`` and the pure rule this is Jain et al.'s
+    Monte Carlo (2018, Figure 1): staleness centred at ``n - 1``.
+
+    Args:
+        workers: number of workers ``n`` (traced if ``max_workers`` is given).
+        timing: compute-time model or a number (fixed time).
+        num_arrivals: static number of arrivals to record.
+        key: PRNG key or int seed.
+        assignment: ``"pure"``, ``"random"`` or ``"shuffle"``.
+        max_workers: static bound on ``workers``.
+
+    Returns:
+        A :class:`StalenessTrace` of arrays of length ``num_arrivals``; jit- and
+        vmap-compatible (vmap over keys for a Monte Carlo).
+
+    Example:
+        >>> import asgd_jax
+        >>> from asgd_jax import timing
+        >>> trace = asgd_jax.simulate_staleness(8, timing.normal(1.0, 0.2), 2000, key=0)
+        >>> round(float(trace.staleness[100:].mean()))     # about n - 1
+        7
+        >>> asgd_jax.simulate_staleness(3, 1.0, 6).staleness.tolist()
+        [0, 1, 2, 2, 2, 2]
+    """
+    if assignment not in ASSIGNMENTS:
+        raise ValueError(f"unknown assignment {assignment!r}; choose one of {ASSIGNMENTS}.")
+    num_arrivals = _checks.python_int("num_arrivals", num_arrivals, 1)
+    state = init(workers, timing=timing, max_workers=max_workers, key=key)
+
+    def body(s, _):
+        s, arrival = step(s, assignment)
+        s = record_step(s, arrival.arrived, assignment)
+        return s, (arrival.staleness, arrival.worker, s.time)
+
+    length = state.perm.shape[0] - 1 + num_arrivals
+    _, (staleness, worker, times) = jax.lax.scan(body, state, None, length=length)
+    cut = lambda x: jax.lax.dynamic_slice_in_dim(x, state.workers - 1, num_arrivals)
+    return StalenessTrace(staleness=cut(staleness), worker=cut(worker), time=cut(times))
