@@ -12,6 +12,8 @@ extra argument            meaning
                           the server keeps them: ``keep_params=True``)
 ``active_workers``        int32, workers active before this step (:math:`n`)
 ``worker``                int32, the worker that computed the gradient
+``accepted``              bool, the staleness is within every ``max_staleness`` field of the
+                          chain (no drop rule will discard the arrival)
 ========================  ===============================================================
 
 The rules, in the order you would usually chain them::
@@ -35,8 +37,10 @@ chain's state is true, and a rule that withholds a step emits zero updates and
 leaves the optimizer it wraps untouched. :func:`accumulate` is such a rule (the
 optax ``MultiSteps`` pattern: it wraps the server optimizer). A field named
 ``discarded`` (int32) counts arrivals a rule threw away; the state's
-``discarded`` property sums them. A rule of your own follows the same two
-conventions, e.g. "drop gradients older than twice the worker count"::
+``discarded`` property sums them, and a field named ``max_staleness`` is a
+staleness limit the server reports to the other rules as ``accepted``. A rule
+of your own follows the same conventions, e.g. "drop gradients older than twice
+the worker count" as a skip predicate of :func:`accumulate`::
 
     rules.accumulate(optax.sgd(0.1), skip=lambda staleness, active_workers, **_: staleness > 2 * active_workers)
 
@@ -91,8 +95,9 @@ def dc_asgd(kind: str = "c", dc_lambda=None, momentum=0.95, eps=1e-7) -> optax.G
     :math:`\lambda_t = \lambda_0 / \sqrt{MS + \epsilon}` elementwise (defaults
     :math:`\lambda_0 = 2`, :math:`\mu = 0.95`, :math:`\epsilon = 10^{-7}`).
     **(choice)** One :math:`w_{bak}` per in-flight job, as in the paper; ``MS``
-    moves with every gradient this rule sees (a rule chained after it, such as
-    :func:`accumulate`'s ``max_staleness``, may still drop it).
+    moves only with arrivals the server keeps (the extra argument ``accepted``
+    that :func:`asgd_jax.parameter_server` passes: within every
+    ``max_staleness`` of the chain).
 
     Args:
         kind: ``"c"`` (constant) or ``"a"`` (adaptive).
@@ -123,7 +128,7 @@ def dc_asgd(kind: str = "c", dc_lambda=None, momentum=0.95, eps=1e-7) -> optax.G
         ms = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.result_type(p)), params)
         return DCAdaptiveState(f32(dc_lambda), f32(momentum), f32(eps), ms)
 
-    def update_fn(updates, state, params=None, *, stale_params=None, **extra_args):
+    def update_fn(updates, state, params=None, *, stale_params=None, accepted=True, **extra_args):
         del extra_args
         if params is None or stale_params is None:
             raise ValueError("dc_asgd needs params and stale_params: use it inside "
@@ -134,7 +139,7 @@ def dc_asgd(kind: str = "c", dc_lambda=None, momentum=0.95, eps=1e-7) -> optax.G
             mu, eps_ = state.momentum, state.eps
             ms = jax.tree.map(lambda m, x: mu * m + (1 - mu) * x * x, state.mean_square, updates)
             lam = jax.tree.map(lambda m: state.dc_lambda / jnp.sqrt(m + eps_), ms)
-            state = state._replace(mean_square=ms)
+            state = state._replace(mean_square=_select(accepted, ms, state.mean_square))
         out = jax.tree.map(lambda x, l, w, b: (x + l * x * x * (w - b)).astype(x.dtype),
                            updates, lam, params, stale_params)
         return out, state

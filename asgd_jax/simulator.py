@@ -106,6 +106,14 @@ def _stepped(server_state) -> jax.Array | None:
     return out
 
 
+def _accepted(server_state, staleness) -> jax.Array:
+    """Whether ``staleness`` is within every ``max_staleness`` limit of the chain (a drop rule keeps it)."""
+    out = jnp.ones([], bool)
+    for _, limit in optax.tree_utils.tree_get_all_with_path(server_state, "max_staleness"):
+        out = out & (staleness <= limit)
+    return out
+
+
 def parameter_server(server: optax.GradientTransformation, workers, *, timing=1.0, assignment: str = "pure",
                      initial_workers=None, add_workers=1, add_every=1, keep_params: bool = False,
                      max_workers: int | None = None, key=0) -> optax.GradientTransformationExtraArgs:
@@ -116,8 +124,10 @@ def parameter_server(server: optax.GradientTransformation, workers, *, timing=1.
     that job (:func:`asgd_jax.events.step`) and stores its gradient; once the pool
     is full the earliest job arrives and its gradient :math:`g` goes through
     ``server`` with the extra arguments ``staleness``, ``stale_params`` (the
-    parameters the job was computed at, when ``keep_params``), ``active_workers``
-    and ``worker``. The server's version counts the arrivals that were steps:
+    parameters the job was computed at, when ``keep_params``), ``active_workers``,
+    ``worker`` and ``accepted`` (the staleness is within every ``max_staleness``
+    field of the chain's state, i.e. no drop rule will discard it: rules with a
+    memory, such as DC-ASGD-a's mean square, learn only from accepted arrivals). The server's version counts the arrivals that were steps:
     all of them, unless a rule withholds a step by the ``stepped`` convention of
     :mod:`asgd_jax.rules`. A call without an arrival, or whose arrival was not a
     step, emits zero updates; the chain's state moves only on arrivals.
@@ -174,7 +184,8 @@ def parameter_server(server: optax.GradientTransformation, workers, *, timing=1.
             stale_params, stale = write_then_read(stale_params, params, arrival.new_slot, arrival.slot)
         new_updates, new_server = server.update(
             g, state.server_state, params, staleness=arrival.staleness, stale_params=stale,
-            active_workers=active, worker=arrival.worker, **extra_args)
+            active_workers=active, worker=arrival.worker, accepted=_accepted(state.server_state, arrival.staleness),
+            **extra_args)
         stepped = _stepped(new_server)
         stepped = arrival.arrived if stepped is None else arrival.arrived & stepped
         server_state = jax.tree.map(lambda a, b: jnp.where(arrival.arrived, a, b), new_server, state.server_state)

@@ -24,16 +24,19 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from asgd_jax import problems
 from asgd_jax import timing as timing_lib
 from asgd_jax.delay import delayed
 from asgd_jax.models import make_model
-from asgd_jax.simulator import ASSIGNMENTS, COMPENSATIONS, SERVER_RULES, SimState, asynchronous
+from asgd_jax.simulator import ASSIGNMENTS, COMPENSATIONS, SERVER_RULES, _event_state, asynchronous, next_worker
 
 __all__ = [
     "OPTIMIZERS",
     "GENERIC_HPARAMS",
     "SYSTEMS",
     "TIMINGS",
+    "RULES",
+    "RULE_HPARAMS",
     "ASYNC_HPARAMS",
     "DC_LAMBDA_DEFAULTS",
     "INT_HPARAMS",
@@ -64,9 +67,17 @@ GENERIC_HPARAMS: dict[str, int] = {"delay": 0, "warmup_steps": 0}
 # The system around the server optimizer: ``"delay"`` (every gradient applied ``delay`` steps late,
 # :func:`asgd_jax.delayed`) or ``"async"`` (the event model of :func:`asgd_jax.asynchronous`).
 SYSTEMS = ("delay", "async")
-# Compute-time laws of ``system="async"`` (each scaled by ``time_mean``; ``time_spread`` is the
-# normal's standard deviation or the log-normal's sigma, unused by the others).
-TIMINGS = ("fixed", "normal", "exponential", "lognormal")
+# Compute-time laws of ``system="async"`` (:func:`asgd_jax.timing.from_name` with location ``time_mean``
+# and spread ``time_spread``).
+TIMINGS = timing_lib.LAWS
+# Server rules a config can add by name (``TrainConfig.rules``), each with its traced hyperparameter:
+# ``"clip"`` clips each gradient to ``clip_norm``; ``"adaptive"``/``"inverse"`` scale it by its staleness;
+# ``"drop"`` drops arrivals older than ``max_staleness`` (Ringmaster); ``"accumulate"`` steps on the mean
+# of ``accumulate`` arrivals (Aji & Heafield; with ``drop`` and ``max_staleness=0``, Rennala SGD);
+# ``"backup"`` gives the sync rule ``backup_workers`` backup workers.
+RULES = ("clip", "adaptive", "inverse", "drop", "accumulate", "backup")
+RULE_HPARAMS: dict[str, str] = {"clip": "clip_norm", "drop": "max_staleness", "accumulate": "accumulate",
+                                "backup": "backup_workers"}
 # Hyperparameters of ``system="async"`` (traced: one program serves every value), with defaults.
 # ``initial_workers = 0`` means all ``workers`` from the start (no gradual introduction).
 ASYNC_HPARAMS: dict[str, float] = {
@@ -82,7 +93,8 @@ ASYNC_HPARAMS: dict[str, float] = {
 # DC-ASGD's lambda (``"dc-c"``) or lambda_0 (``"dc-a"``) when a config does not give ``dc_lambda``.
 DC_LAMBDA_DEFAULTS: dict[str, float] = {"dc-c": 0.04, "dc-a": 2.0}
 # Hyperparameters that are integers (the others are float32).
-INT_HPARAMS = frozenset({"delay", "warmup_steps", "workers", "initial_workers", "add_workers", "add_every"})
+INT_HPARAMS = frozenset({"delay", "warmup_steps", "workers", "initial_workers", "add_workers", "add_every",
+                         "max_staleness", "accumulate", "backup_workers"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +123,27 @@ class TrainConfig:
         timing: compute-time law, one of :data:`TIMINGS`, wrapped in
             :func:`asgd_jax.timing.stragglers` (``straggler_fraction`` of the
             workers ``straggler_slowdown`` times slower; 0 and 1 by default).
+        rules: server rules added by name, a tuple of :data:`RULES`; each
+            brings its traced hyperparameter (:data:`RULE_HPARAMS`), which the
+            config must give (``backup_workers`` defaults to 0). The chain is
+            :func:`asgd_jax.server_chain`'s: compensation, clipping, staleness
+            scaling, then drop/accumulate.
+        server: a callable ``server(inner, hparams, key)`` returning the whole
+            system around the server optimizer ``inner`` (e.g. an
+            :func:`asgd_jax.parameter_server` around your own chain), built
+            from the config's traced ``hparams`` at every step; replaces the
+            switches above. Its extra hyperparameters are named, with defaults,
+            in ``server_hparams`` (a tuple of ``(name, default)`` pairs).
+        data_split: ``None`` (one shuffled order of the whole training set) or
+            a split of :data:`asgd_jax.problems.SPLITS` (``"iid"``,
+            ``"contiguous"``, ``"label"``, ``"dirichlet"`` with
+            ``split_alpha``): the training set is split over the ``workers``
+            (which must then equal ``max_workers``) and every gradient is
+            taken on a batch of the shard of :func:`asgd_jax.next_worker`.
+            Each worker walks through its own shard in an order reshuffled
+            every epoch. Adds ``per_class_accuracy`` and (async)
+            ``worker_steps`` to the metrics.
+        split_alpha: the Dirichlet concentration of ``data_split="dirichlet"``.
     """
 
     model: str = "lenet5"
@@ -125,6 +158,11 @@ class TrainConfig:
     compensation: str | None = None
     assignment: str = "pure"
     timing: str = "fixed"
+    rules: tuple[str, ...] = ()
+    server: Callable | None = None
+    server_hparams: tuple[tuple[str, float], ...] = ()
+    data_split: str | None = None
+    split_alpha: float = 1.0
 
     def validate(self, num_train: int | None = None) -> None:
         """Raises a one-line ``ValueError`` for a config that cannot run."""
@@ -155,7 +193,8 @@ class TrainConfig:
         if self.system not in SYSTEMS:
             raise ValueError(f"unknown system {self.system!r}; choose one of {SYSTEMS}.")
         defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-        async_fields = ("max_workers", "server_rule", "compensation", "assignment", "timing")
+        async_fields = ("max_workers", "server_rule", "compensation", "assignment", "timing", "rules", "server",
+                        "server_hparams", "data_split")
         if self.system == "delay":
             changed = [f for f in async_fields if getattr(self, f) != defaults[f]]
             if changed:
@@ -176,6 +215,25 @@ class TrainConfig:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of {allowed}.")
         if self.server_rule == "sync" and self.compensation is not None:
             raise ValueError("compensation (DC-ASGD) needs server_rule='async' (sync gradients have staleness 0).")
+        self._validate_rules()
+
+    def _validate_rules(self) -> None:
+        rules = tuple(self.rules)
+        unknown = [r for r in rules if r not in RULES]
+        if unknown or len(set(rules)) != len(rules):
+            raise ValueError(f"rules must be distinct names of {RULES}, got {rules!r}.")
+        sync_only, async_only = {"backup"}, {"adaptive", "inverse", "drop", "accumulate"}
+        wrong = [r for r in rules if r in (async_only if self.server_rule == "sync" else sync_only)]
+        if wrong:
+            raise ValueError(f"rule {wrong[0]!r} does not apply to server_rule={self.server_rule!r}.")
+        if "adaptive" in rules and "inverse" in rules:
+            raise ValueError("choose one staleness scaling: 'adaptive' or 'inverse'.")
+        if self.server is not None and (rules or self.compensation is not None):
+            raise ValueError("server= builds the whole system; drop rules and compensation (put them in it).")
+        if self.data_split is not None and self.data_split not in problems.SPLITS:
+            raise ValueError(f"unknown data_split {self.data_split!r}; choose one of {problems.SPLITS}.")
+        if not (np.isfinite(self.split_alpha) and self.split_alpha > 0):
+            raise ValueError(f"split_alpha must be a positive number, got {self.split_alpha!r}.")
 
 
 class TrainState(NamedTuple):
@@ -184,13 +242,17 @@ class TrainState(NamedTuple):
     params: Any
     opt_state: Any
     data_key: jax.Array  # PRNG key of the run's data order
-    order: jax.Array  # int32[steps_per_epoch * batch_size]: this epoch's sample order
+    order: jax.Array  # int32[steps_per_epoch * batch_size]: this epoch's sample order (with a data_split:
+    #                   int32[workers, largest shard], each worker's order of its shard's positions)
     step: jax.Array  # int32: step within the epoch
     epoch: jax.Array  # int32: epochs completed
     loss_sum: jax.Array  # float32: sum of this epoch's training losses
     warmup_steps: jax.Array  # float32: length of the linear learning-rate warm-up (0: none)
     nonfinite: jax.Array  # bool: a non-finite loss or parameter was seen
     diverged: jax.Array  # bool: nonfinite, or the model collapsed at an epoch end
+    hparams: Any = None  # dict of the config's traced hyperparameters (the system is rebuilt from them)
+    cursor: Any = None  # int32[workers]: with a data_split, each worker's position in its shard order
+    worker_steps: Any = None  # int32[workers]: with a data_split (async), server steps per arriving worker
 
 
 def _defaults(optimizer: str, config: TrainConfig | None) -> dict[str, Any]:
@@ -200,6 +262,10 @@ def _defaults(optimizer: str, config: TrainConfig | None) -> dict[str, Any]:
     out = {**OPTIMIZERS[optimizer], "warmup_steps": 0, **ASYNC_HPARAMS}
     if config.compensation is not None:
         out["dc_lambda"] = DC_LAMBDA_DEFAULTS[config.compensation]
+    for rule in config.rules:
+        if rule in RULE_HPARAMS:  # required (None), except the backup workers
+            out[RULE_HPARAMS[rule]] = 0 if rule == "backup" else None
+    out.update(dict(config.server_hparams))
     return out
 
 
@@ -251,7 +317,12 @@ def with_defaults(
         )
     if "learning_rate" not in hparams:
         raise ValueError("every config needs a learning_rate.")
-    return {**defaults, **hparams}
+    out = {**defaults, **hparams}
+    missing = [k for k, v in out.items() if v is None]
+    if missing:
+        rule = {v: k for k, v in RULE_HPARAMS.items()}.get(missing[0], "?")
+        raise ValueError(f"rule {rule!r} needs the hyperparameter {missing[0]}; give it in the config.")
+    return out
 
 
 def normalize_hparams(
@@ -315,6 +386,19 @@ def _normalize_async(out: dict[str, Any], config: TrainConfig) -> dict[str, Any]
     number("straggler_slowdown", lambda v: v > 0, "a positive number")
     if "dc_lambda" in out:
         number("dc_lambda", lambda v: v >= 0, "a number >= 0")
+    if "clip_norm" in out:
+        number("clip_norm", lambda v: v > 0, "a positive number")
+    if "max_staleness" in out:
+        integer("max_staleness", 0)
+    if "accumulate" in out:
+        integer("accumulate", 1)
+    if "backup_workers" in out:
+        integer("backup_workers", 0, out["workers"] - 1, what=" (at least one worker must be waited for)")
+    if config.data_split is not None and out["workers"] != config.max_workers:
+        raise ValueError(f"data_split splits the data over max_workers={config.max_workers} workers; "
+                         f"workers={out['workers']} must equal it (use one group per worker count).")
+    for k, _ in config.server_hparams:
+        number(k, lambda v: True, "a finite number")
     for k in OPTIMIZERS[config.optimizer]:
         out[k] = float(out[k])
     out["learning_rate"] = float(out["learning_rate"])
@@ -338,17 +422,9 @@ def make_timing(name: str, hparams: Mapping[str, Any]) -> timing_lib.TimingModel
         >>> model.sample(jax.random.key(0), jnp.arange(4), num_workers=4)
         Array([2., 2., 2., 6.], dtype=float32)
     """
-    mean, spread = hparams["time_mean"], hparams["time_spread"]
-    if name == "fixed":
-        base = timing_lib.fixed(mean)
-    elif name == "normal":
-        base = timing_lib.normal(mean, spread)
-    elif name == "exponential":
-        base = timing_lib.exponential(mean)
-    elif name == "lognormal":
-        base = timing_lib.lognormal(mean, spread)
-    else:
+    if name not in TIMINGS:
         raise ValueError(f"unknown timing {name!r}; choose one of {TIMINGS}.")
+    base = timing_lib.from_name(name, hparams["time_mean"], hparams["time_spread"])
     return timing_lib.stragglers(base, hparams["straggler_fraction"], hparams["straggler_slowdown"])
 
 
@@ -379,17 +455,25 @@ def make_optimizer(
         >>> hp = normalize_hparams("sgd", {"learning_rate": 0.1, "workers": 3}, config=cfg)
         >>> tx = make_optimizer("sgd", hp, 0, cfg)
         >>> state = tx.init(jnp.zeros(2))
-        >>> int(state.hparams["workers"]), round(float(state.hparams["dc_lambda"]), 6)
+        >>> int(state.events.workers), round(float(state.server_state[0].dc_lambda), 6)
         (3, 0.04)
     """
-    skip = set(GENERIC_HPARAMS) | set(ASYNC_HPARAMS) | {"dc_lambda"}
+    skip = {*GENERIC_HPARAMS, *ASYNC_HPARAMS, "dc_lambda", *RULE_HPARAMS.values()}
+    if config is not None:
+        skip |= {k for k, _ in config.server_hparams}
     opt_kwargs = {k: v for k, v in hparams.items() if k not in skip}
     inner = optax.inject_hyperparams(_FACTORIES[optimizer])(**opt_kwargs)
     if config is None or config.system == "delay":
         return delayed(inner, hparams["delay"], max_delay=max_delay)
+    if config.server is not None:
+        return config.server(inner, hparams, key)
     workers = hparams["workers"]
     initial = hparams["initial_workers"]
     initial = jnp.where(jnp.asarray(initial) > 0, initial, workers).astype(jnp.int32)
+    i32 = lambda name, default: jnp.asarray(hparams.get(name, default), jnp.int32)
+    rules = config.rules
+    scaling = "adaptive" if "adaptive" in rules else "inverse" if "inverse" in rules else None
+    stepper = "drop" in rules or "accumulate" in rules
     return asynchronous(
         inner,
         jnp.asarray(workers, jnp.int32),
@@ -398,6 +482,12 @@ def make_optimizer(
         server_rule=config.server_rule,
         compensation=config.compensation,
         dc_lambda=hparams.get("dc_lambda"),
+        staleness_scaling=scaling,
+        # With either rule on, the drop/accumulate stepper is always in the chain (R = int32 max: keep all).
+        max_staleness=i32("max_staleness", np.iinfo(np.int32).max) if stepper else None,
+        accumulate=i32("accumulate", 1) if "accumulate" in rules else 1,
+        backup_workers=i32("backup_workers", 0) if "backup" in rules else 0,
+        clip_norm=jnp.asarray(hparams["clip_norm"], jnp.float32) if "clip" in rules else None,
         initial_workers=initial,
         add_workers=jnp.asarray(hparams["add_workers"], jnp.int32),
         add_every=jnp.asarray(hparams["add_every"], jnp.int32),
@@ -434,20 +524,34 @@ class Trainer:
         self.eval_chunks = -(-self.num_test // self.eval_chunk)
         self._vmapped = None
         self._replicated = {}
-        # ``update`` reads every hyperparameter (learning rate, momentum, delay) from the
-        # optimizer state that ``init`` built for each config; the values given here only
-        # fix the state's structure, so one instance serves every config of the group.
-        self._update_tx = make_optimizer(
-            config.optimizer,
-            normalize_hparams(config.optimizer, {"learning_rate": 1.0}, config=config),
-            config.max_delay,
-            config,
-        )
+        self.num_classes = int(dataset.num_classes)
+        self.split = config.data_split
+        if self.split is not None:
+            # Per-worker shards as a padded index table: shards[w, :sizes[w]] are worker w's samples.
+            shards = problems.split_indices(self.split, config.max_workers, labels=np.asarray(dataset.y_train),
+                                            alpha=config.split_alpha)
+            if min(len(sh) for sh in shards) < 1:
+                raise ValueError(f"data_split={self.split!r} leaves a worker without data; use fewer workers.")
+            table = np.zeros((len(shards), max(len(sh) for sh in shards)), np.int32)
+            for w, sh in enumerate(shards):
+                table[w, : len(sh)] = sh
+            self.shard_sizes = np.array([len(sh) for sh in shards], np.int32)
+            self.data = self.data + (jnp.asarray(table), jnp.asarray(self.shard_sizes))
 
     # -- pieces -----------------------------------------------------------------
     def _order(self, data_key, epoch):
-        perm = jax.random.permutation(jax.random.fold_in(data_key, epoch), self.num_train)
+        key = jax.random.fold_in(data_key, epoch)
+        if self.split is not None:  # each worker's shard positions in a fresh random order, padding last
+            width = self.data[4].shape[1]
+            u = jax.random.uniform(key, (len(self.shard_sizes), width))
+            u = jnp.where(jnp.arange(width) < jnp.asarray(self.shard_sizes)[:, None], u, 2.0)
+            return jnp.argsort(u, axis=1).astype(jnp.int32)
+        perm = jax.random.permutation(key, self.num_train)
         return perm[: self.steps_per_epoch * self.config.batch_size].astype(jnp.int32)
+
+    def _system(self, hparams, key=0) -> optax.GradientTransformation:
+        """The config's system around its server optimizer, built from (traced) ``hparams``."""
+        return make_optimizer(self.config.optimizer, hparams, self.config.max_delay, self.config, key)
 
     def init(self, data, key, hparams) -> TrainState:
         """A fresh run: parameters from ``key``, optimizer state holding ``hparams``."""
@@ -460,9 +564,8 @@ class Trainer:
         warmup_steps = hp.pop("warmup_steps")
         # The simulation's key (compute times, assignment draws) is derived from the run's key,
         # apart from the initial parameters' and the data order's.
-        tx = make_optimizer(
-            self.config.optimizer, hp, self.config.max_delay, self.config, jax.random.fold_in(key, 1)
-        )
+        tx = self._system(hp, jax.random.fold_in(key, 1))
+        per_worker = (lambda: jnp.zeros([self.config.max_workers], jnp.int32)) if self.split else (lambda: None)
         return TrainState(
             params=params,
             opt_state=tx.init(params),
@@ -474,18 +577,39 @@ class Trainer:
             warmup_steps=warmup_steps,
             nonfinite=jnp.zeros([], bool),
             diverged=jnp.zeros([], bool),
+            hparams=hp,
+            cursor=per_worker(),
+            worker_steps=per_worker(),
         )
 
     def loss(self, params, x, y):
         return _cross_entropy(self.model.apply({"params": params}, x), y)
 
+    def batch_indices(self, data, state: TrainState) -> tuple[jax.Array, Any]:
+        """The training-set indices of the next gradient's batch, and the new per-worker cursors.
+
+        Without a data split: the next ``batch_size`` entries of this epoch's
+        order. With one: the next ``batch_size`` samples of the shard of
+        :func:`asgd_jax.next_worker` in that worker's order, wrapping around.
+        """
+        b = self.config.batch_size
+        if self.split is None:
+            return jax.lax.dynamic_slice_in_dim(state.order, state.step * b, b), state.cursor
+        w = next_worker(state.opt_state)
+        pos = (state.cursor[w] + jnp.arange(b)) % data[5][w]
+        return data[4][w, state.order[w, pos]], state.cursor.at[w].add(b)
+
     def step(self, data, state: TrainState) -> TrainState:
         """One gradient on the next batch of this epoch's order, through the config's system (delay or async)."""
         x_train, y_train = data[0], data[1]
-        b = self.config.batch_size
-        idx = jax.lax.dynamic_slice_in_dim(state.order, state.step * b, b)
+        idx, cursor = self.batch_indices(data, state)
         loss, grads = jax.value_and_grad(self.loss)(state.params, x_train[idx], y_train[idx])
-        updates, opt_state = self._update_tx.update(grads, state.opt_state, state.params)
+        updates, opt_state = self._system(state.hparams).update(grads, state.opt_state, state.params)
+        worker_steps = state.worker_steps
+        if worker_steps is not None and self.config.system == "async":
+            before, after = _event_state(state.opt_state), _event_state(opt_state)
+            stepped = after.version > before.version
+            worker_steps = worker_steps.at[after.last_worker].add(stepped.astype(jnp.int32))
         # Linear warm-up: the step-t update is scaled by min(1, (t + 1) / W), t counting
         # gradients from 0. For SGD, Adam and Adagrad the learning rate is optax's last,
         # multiplicative stage, so this is exactly the learning rate lr * min(1, (t + 1) / W).
@@ -500,6 +624,8 @@ class Trainer:
             step=state.step + 1,
             loss_sum=state.loss_sum + loss,
             nonfinite=state.nonfinite | ~jnp.isfinite(loss),
+            cursor=cursor,
+            worker_steps=worker_steps,
         )
 
     def evaluate(self, data, params) -> dict[str, jax.Array]:
@@ -521,6 +647,8 @@ class Trainer:
         mask = (jnp.arange(self.eval_chunks * c) < n).reshape(self.eval_chunks, c)
         reference = self.model.apply({"params": params}, x_test[:1])[0]
 
+        classes = self.num_classes
+
         def chunk(_, xym):
             x, y, m = xym
             logits = self.model.apply({"params": params}, x)
@@ -528,19 +656,23 @@ class Trainer:
             correct = jnp.argmax(logits, -1) == y
             spread = jnp.where(m[:, None], jnp.abs(logits - reference), 0.0).max()
             size = jnp.where(m[:, None], jnp.abs(logits), 0.0).max()
-            return None, (
-                jnp.sum(jnp.where(m, correct, False)),
-                jnp.sum(jnp.where(m, losses, 0.0)),
-                spread,
-                size,
-            )
+            out = (jnp.sum(jnp.where(m, correct, False)), jnp.sum(jnp.where(m, losses, 0.0)), spread, size)
+            if self.split is None:
+                return None, out
+            by_class = jnp.zeros([classes], jnp.float32).at[y].add(jnp.where(m & correct, 1.0, 0.0))
+            count = jnp.zeros([classes], jnp.float32).at[y].add(jnp.where(m, 1.0, 0.0))
+            return None, out + (by_class, count)
 
-        _, (correct, losses, spread, size) = jax.lax.scan(chunk, None, (xs, ys, mask))
-        return {
+        _, results = jax.lax.scan(chunk, None, (xs, ys, mask))
+        correct, losses, spread, size = results[:4]
+        out = {
             "test_accuracy": correct.sum() / n,
             "test_loss": losses.sum() / n,
             "collapsed": spread.max() <= 1e-6 * (1.0 + size.max()),
         }
+        if self.split is not None:  # accuracy on each class's test images (NaN for a class with none)
+            out["per_class_accuracy"] = results[4].sum(0) / results[5].sum(0)
+        return out
 
     def end_epoch(self, data, state: TrainState) -> tuple[TrainState, dict[str, jax.Array]]:
         """Evaluates, records the epoch's metrics and draws the next epoch's order.
@@ -563,9 +695,11 @@ class Trainer:
             "diverged": diverged,
         }
         if self.config.system == "async":
-            sim: SimState = state.opt_state
+            sim = _event_state(state.opt_state)
             metrics["sim_time"] = sim.time
             metrics["server_steps"] = sim.version
+        if state.worker_steps is not None and self.config.system == "async":
+            metrics["worker_steps"] = state.worker_steps
         epoch = state.epoch + 1
         new = state._replace(
             order=self._order(state.data_key, epoch),
@@ -574,6 +708,7 @@ class Trainer:
             loss_sum=jnp.zeros([], jnp.float32),
             nonfinite=nonfinite,
             diverged=diverged,
+            cursor=None if state.cursor is None else jnp.zeros_like(state.cursor),
         )
         return new, metrics
 
