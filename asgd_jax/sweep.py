@@ -42,6 +42,7 @@ from asgd_jax.train import INT_HPARAMS, TrainConfig, Trainer, hparam_names, norm
 __all__ = [
     "STATIC_FIELDS",
     "ASYNC_STATIC_FIELDS",
+    "OPTIONAL_STATIC_FIELDS",
     "DESCRIPTIVE_FIELDS",
     "Group",
     "expand_grid",
@@ -70,6 +71,9 @@ STATIC_FIELDS = ("model", "optimizer", "batch_size", "epochs")
 # delay system keep the fields, and the config_id, they always had). ``max_workers`` defaults to the
 # config's ``workers``.
 ASYNC_STATIC_FIELDS = ("system", "max_workers", "server_rule", "compensation", "assignment", "timing")
+# Static fields of asynchronous configs present only when they differ from their defaults (so configs
+# that do not use them keep their config_id): server rules by name, per-worker data, per-worker times.
+OPTIONAL_STATIC_FIELDS = ("rules", "data_split", "split_alpha", "worker_times")
 # Fields that describe a config without entering training (they enter config_id and grouping).
 DESCRIPTIVE_FIELDS = ("data",)
 _CONFIG_DEFAULTS = {"model": "lenet5", "optimizer": "sgd", "seed": 0, "delay": 0}
@@ -122,8 +126,13 @@ def normalize_config(config: Mapping[str, Any], num_train: int | None = None) ->
         static["max_workers"] = cfg.pop("max_workers", workers if _is_int(workers) and workers >= 1 else 1)
         for k in ASYNC_STATIC_FIELDS[2:]:
             static[k] = cfg.pop(k, defaults[k])
+        for k in OPTIONAL_STATIC_FIELDS:
+            v = cfg.pop(k, defaults[k])
+            v = tuple(v) if isinstance(v, (list, tuple)) else v
+            if v != defaults[k]:
+                static[k] = v
     else:
-        extra = [k for k in ASYNC_STATIC_FIELDS[1:] if k in cfg]
+        extra = [k for k in ASYNC_STATIC_FIELDS[1:] + OPTIONAL_STATIC_FIELDS if k in cfg]
         if extra:
             raise ValueError(f"{extra[0]} applies to system='async' only; set system='async' or drop it.")
     tc = TrainConfig(**static)
@@ -177,11 +186,12 @@ def group_configs(configs: Sequence[Mapping[str, Any]], *, eval_batch_size: int 
             tuple(c[k] for k in STATIC_FIELDS)
             + tuple(c.get(k) for k in DESCRIPTIVE_FIELDS)
             + tuple(c.get(k) for k in ASYNC_STATIC_FIELDS)
+            + tuple(c.get(k) for k in OPTIONAL_STATIC_FIELDS)
         )
         groups.setdefault(key, []).append(dict(c))
     out = []
     for key, members in groups.items():
-        system = {k: members[0][k] for k in ASYNC_STATIC_FIELDS if k in members[0]}
+        system = {k: members[0][k] for k in ASYNC_STATIC_FIELDS + OPTIONAL_STATIC_FIELDS if k in members[0]}
         tc = TrainConfig(
             **dict(zip(STATIC_FIELDS, key[: len(STATIC_FIELDS)])),
             max_delay=max(c.get("delay", 0) for c in members),
@@ -407,6 +417,10 @@ def run_chunk(
         if "sim_time" in metrics:  # asynchronous systems: the simulated clock and server steps per epoch
             r["sim_time_per_epoch"] = [_finite_or_none(v) for v in metrics["sim_time"][i]]
             r["server_steps_per_epoch"] = [int(v) for v in metrics["server_steps"][i]]
+        if "per_class_accuracy" in metrics:  # per-worker data: accuracy per class, server steps per worker
+            r["per_class_accuracy"] = [_finite_or_none(v) for v in metrics["per_class_accuracy"][i, -1]]
+        if "worker_steps" in metrics:
+            r["worker_steps"] = [int(v) for v in metrics["worker_steps"][i, -1]]
         r["seconds"] = seconds
         results.append(r)
     return results

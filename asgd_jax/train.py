@@ -144,6 +144,9 @@ class TrainConfig:
             every epoch. Adds ``per_class_accuracy`` and (async)
             ``worker_steps`` to the metrics.
         split_alpha: the Dirichlet concentration of ``data_split="dirichlet"``.
+        worker_times: per-worker factors on the compute time (one per worker up
+            to ``max_workers``; :func:`asgd_jax.timing.per_worker`): with a law
+            of mean 1, worker ``i``'s mean compute time (AsGrad's ``1, ..., 10``).
     """
 
     model: str = "lenet5"
@@ -163,6 +166,7 @@ class TrainConfig:
     server_hparams: tuple[tuple[str, float], ...] = ()
     data_split: str | None = None
     split_alpha: float = 1.0
+    worker_times: tuple[float, ...] = ()
 
     def validate(self, num_train: int | None = None) -> None:
         """Raises a one-line ``ValueError`` for a config that cannot run."""
@@ -194,7 +198,7 @@ class TrainConfig:
             raise ValueError(f"unknown system {self.system!r}; choose one of {SYSTEMS}.")
         defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
         async_fields = ("max_workers", "server_rule", "compensation", "assignment", "timing", "rules", "server",
-                        "server_hparams", "data_split")
+                        "server_hparams", "data_split", "worker_times")
         if self.system == "delay":
             changed = [f for f in async_fields if getattr(self, f) != defaults[f]]
             if changed:
@@ -234,6 +238,10 @@ class TrainConfig:
             raise ValueError(f"unknown data_split {self.data_split!r}; choose one of {problems.SPLITS}.")
         if not (np.isfinite(self.split_alpha) and self.split_alpha > 0):
             raise ValueError(f"split_alpha must be a positive number, got {self.split_alpha!r}.")
+        times = np.asarray(self.worker_times, np.float64)
+        if times.size and (times.shape != (self.max_workers,) or not np.all(np.isfinite(times) & (times > 0))):
+            raise ValueError(f"worker_times must hold max_workers={self.max_workers} positive numbers, "
+                             f"got {self.worker_times!r}.")
 
 
 class TrainState(NamedTuple):
@@ -405,7 +413,7 @@ def _normalize_async(out: dict[str, Any], config: TrainConfig) -> dict[str, Any]
     return out
 
 
-def make_timing(name: str, hparams: Mapping[str, Any]) -> timing_lib.TimingModel:
+def make_timing(name: str, hparams: Mapping[str, Any], worker_times=()) -> timing_lib.TimingModel:
     r"""The compute-time model of an asynchronous config: a law of :data:`TIMINGS` with stragglers.
 
     With :math:`\mu` = ``time_mean``, :math:`s` = ``time_spread``, :math:`p` =
@@ -425,6 +433,8 @@ def make_timing(name: str, hparams: Mapping[str, Any]) -> timing_lib.TimingModel
     if name not in TIMINGS:
         raise ValueError(f"unknown timing {name!r}; choose one of {TIMINGS}.")
     base = timing_lib.from_name(name, hparams["time_mean"], hparams["time_spread"])
+    if len(worker_times):
+        base = timing_lib.per_worker(base, jnp.asarray(worker_times, jnp.float32))
     return timing_lib.stragglers(base, hparams["straggler_fraction"], hparams["straggler_slowdown"])
 
 
@@ -477,7 +487,7 @@ def make_optimizer(
     return asynchronous(
         inner,
         jnp.asarray(workers, jnp.int32),
-        timing=make_timing(config.timing, hparams),
+        timing=make_timing(config.timing, hparams, config.worker_times),
         assignment=config.assignment,
         server_rule=config.server_rule,
         compensation=config.compensation,
