@@ -183,6 +183,7 @@ def init(workers, *, timing=1.0, max_workers: int | None = None, key=0, initial_
     if initial_workers is not None:
         _checks.check_int("initial_workers", initial_workers, 1)
     model = timing_lib.as_timing(timing)
+    _check_scales(model, size)
     i32 = lambda x: jnp.array(x, jnp.int32)
     zero = lambda: jnp.zeros([], jnp.int32)
     n = jnp.clip(i32(workers), 1, size)
@@ -198,6 +199,17 @@ def init(workers, *, timing=1.0, max_workers: int | None = None, key=0, initial_
         timing=jax.tree.map(lambda x: jnp.array(x, jnp.float32), model), workers=n,
         initial_workers=jnp.array(n) if initial_workers is None else i32(initial_workers),
         add_workers=i32(add_workers), add_every=i32(add_every))
+
+
+def _check_scales(model, size: int) -> None:
+    """Refuses per-worker scales (anywhere in the model) that do not cover every worker."""
+    if isinstance(model, timing_lib.PerWorker):
+        c = _checks.concrete(model.scales)
+        if c is not None and (c.ndim != 1 or c.shape[0] < size):
+            raise ValueError(f"per_worker timing has {c.size} scale(s) for {size} workers; give one per worker.")
+    for child in (getattr(model, "base", None),):
+        if child is not None:
+            _check_scales(child, size)
 
 
 def active_workers(state: EventState, version=None) -> jax.Array:

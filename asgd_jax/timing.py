@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import ndtr
 
+from asgd_jax import _checks
+
 __all__ = [
     "TimingModel", "Fixed", "Normal", "Exponential", "LogNormal", "Uniform", "PerWorker",
     "Stragglers", "fixed", "normal", "exponential", "lognormal", "uniform", "per_worker",
@@ -237,6 +239,7 @@ def fixed(time=1.0) -> Fixed:
         >>> timing.fixed(2.0).sample(jax.random.key(0), jnp.arange(3))
         Array([2., 2., 2.], dtype=float32)
     """
+    _checks.check_number("fixed(time)", time, positive=True)
     return Fixed(time)
 
 
@@ -247,7 +250,7 @@ def normal(mean=1.0, std=0.2) -> Normal:
     :math:`\alpha = -\mu/\sigma` its expectation is
     :math:`\mu + \sigma\,\varphi(\alpha)/(1 - \Phi(\alpha))` (just :math:`\mu`
     when :math:`\mu \gg \sigma`). ``std = 0`` gives the fixed time ``mean``.
-    Jain et al.'s Monte Carlo (shared/PAPERS.md §1) uses ``normal(1.0, 0.2)``.
+    Jain et al.'s Monte Carlo (2018, Figure 1) uses ``normal(1.0, 0.2)``.
 
     Args:
         mean: :math:`\mu > 0`.
@@ -263,6 +266,8 @@ def normal(mean=1.0, std=0.2) -> Normal:
         >>> bool(t.min() > 0), round(float(t.mean()), 1)
         (True, 1.0)
     """
+    _checks.check_number("normal(mean)", mean, positive=True)
+    _checks.check_number("normal(std)", std, minimum=0.0)
     return Normal(mean, std)
 
 
@@ -282,6 +287,7 @@ def exponential(mean=1.0) -> Exponential:
         >>> round(float(t.mean()), 1)
         2.0
     """
+    _checks.check_number("exponential(mean)", mean, positive=True)
     return Exponential(mean)
 
 
@@ -307,6 +313,8 @@ def lognormal(mean=1.0, sigma=0.5) -> LogNormal:
         >>> round(float(t.mean()), 1)
         1.0
     """
+    _checks.check_number("lognormal(mean)", mean, positive=True)
+    _checks.check_number("lognormal(sigma)", sigma, minimum=0.0)
     return LogNormal(mean, sigma)
 
 
@@ -327,6 +335,11 @@ def uniform(low=0.5, high=1.5) -> Uniform:
         >>> bool(t.min() >= 1.0), bool(t.max() < 3.0)
         (True, True)
     """
+    _checks.check_number("uniform(low)", low, positive=True)
+    _checks.check_number("uniform(high)", high, positive=True)
+    lo, hi = _checks.concrete(low), _checks.concrete(high)
+    if lo is not None and hi is not None and not (hi >= lo).all():
+        raise ValueError(f"uniform needs low <= high, got low={low!r}, high={high!r}.")
     return Uniform(low, high)
 
 
@@ -336,8 +349,8 @@ def per_worker(base: TimingModel | float, scales) -> PerWorker:
     :math:`T_i = s_i \cdot T` with :math:`T \sim` ``base``; with a base of mean 1
     (``fixed(1.0)``, ``exponential(1.0)``, ...), :math:`s_i` is worker ``i``'s mean
     compute time, as in AsGrad's experiments (``s_i = 1, 2, ..., 10``;
-    shared/PAPERS.md §4). Give ``scales`` one entry per worker up to the
-    simulator's ``max_workers``; worker ids beyond the last entry use the last one.
+    docs/methods.md). Give ``scales`` one entry per worker up to the
+    simulator's ``max_workers`` (the event model refuses fewer).
 
     Args:
         base: any model (or a number, meaning ``fixed(number)``).
@@ -353,6 +366,7 @@ def per_worker(base: TimingModel | float, scales) -> PerWorker:
         >>> model.sample(jax.random.key(0), jnp.arange(3))
         Array([1., 2., 3.], dtype=float32)
     """
+    _checks.check_number("per_worker(scales)", scales, positive=True)
     return PerWorker(as_timing(base), scales)
 
 
@@ -382,6 +396,11 @@ def stragglers(base: TimingModel | float, fraction=0.1, slowdown=5.0) -> Straggl
         >>> model.sample(jax.random.key(0), jnp.arange(8), num_workers=8)
         Array([ 1.,  1.,  1.,  1.,  1.,  1., 10., 10.], dtype=float32)
     """
+    _checks.check_number("stragglers(fraction)", fraction, minimum=0.0)
+    c = _checks.concrete(fraction)
+    if c is not None and not (c <= 1).all():
+        raise ValueError(f"stragglers(fraction) must be in [0, 1], got {fraction!r}.")
+    _checks.check_number("stragglers(slowdown)", slowdown, positive=True)
     return Stragglers(as_timing(base), fraction, slowdown)
 
 
@@ -397,6 +416,7 @@ def as_timing(model) -> TimingModel:
         return model
     if model is None:
         raise ValueError("timing must be a compute-time model (asgd_jax.timing) or a positive number, got None.")
+    _checks.check_number("timing", model, positive=True)
     return Fixed(model)
 
 

@@ -54,6 +54,16 @@ def test_asynchronous_example_pure_vs_shuffle():
     assert rows["shuffle"][1] > 1.5 * rows["pure"][1]
 
 
+def test_parts_example_drops_only_late_arrivals():
+    code = next(b for b in BLOCKS if "asgd_jax.parameter_server(" in b)
+    _, printed = _run(code)
+    arrivals, version, discarded, time = printed.split()
+    # 200 gradients, 3 start-up calls; every arrival is either a step or dropped; worker 3 (time 20) sets the clock.
+    assert int(arrivals) == 197 and int(version) + int(discarded) == 197 and int(discarded) > 0
+    assert float(time) >= 20 * 40
+    assert "It prints `" + printed.strip() + "`" in README
+
+
 def test_readme_commands_match_ci():
     ci = open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8").read()
     test_cmd = 'pip install -e ".[test]" && python -m pytest'

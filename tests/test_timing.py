@@ -14,6 +14,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import asgd_jax
@@ -141,3 +142,21 @@ def test_docstring_examples(monkeypatch):
     assert result.attempted > 0 and result.failed == 0
     for name in timing.__all__:
         assert getattr(timing, name).__doc__, name
+
+
+def test_constructors_refuse_bad_concrete_values_in_one_line():
+    """A negative, zero or NaN time would run the clock backwards or make it NaN: refused before anything runs."""
+    import asgd_jax
+    from asgd_jax import events
+
+    bad = [lambda: timing.fixed(-1.0), lambda: timing.fixed(0.0), lambda: timing.exponential(-1.0),
+           lambda: timing.normal(float("nan"), 0.1), lambda: timing.normal(1.0, -0.1),
+           lambda: timing.lognormal(1.0, float("inf")), lambda: timing.uniform(2.0, 1.0),
+           lambda: timing.stragglers(1.0, fraction=2.0), lambda: timing.stragglers(1.0, 0.5, slowdown=0.0),
+           lambda: timing.per_worker(1.0, jnp.array([1.0, -2.0])),
+           lambda: events.init(3, timing=timing.per_worker(1.0, jnp.array([1.0, 2.0]))),
+           lambda: asgd_jax.asynchronous(optax.sgd(0.1), 2, timing=-1.0)]
+    for make in bad:
+        with pytest.raises(ValueError) as e:
+            make()
+        assert "\n" not in str(e.value)
