@@ -396,11 +396,13 @@ def _merge_process_results(main_path: str, parts: list[str], ids: list[str], pid
 
 def training_configs(grids: list[tuple[str, dict]], num_train: int | None) -> list[dict]:
     """Every config of ``grids`` (``(method label, grid)`` pairs, each expanded by
-    :func:`asgd_jax.sweep.expand_grid`), normalized, checked and labelled."""
+    :func:`asgd_jax.sweep.expand_grid`), normalized, checked and labelled; a label may be a function of
+    the config."""
     from asgd_jax.sweep import expand_grid, normalize_config
 
     try:
-        return [{**normalize_config(c, num_train), "method": m} for m, g in grids for c in expand_grid(g)]
+        return [{**normalize_config(c, num_train), "method": m(c) if callable(m) else m}
+                for m, g in grids for c in expand_grid(g)]
     except ValueError as e:
         raise UsageError(str(e)) from None
 
