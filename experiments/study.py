@@ -57,7 +57,7 @@ class Option:
     """One command-line option: the setting it overrides, its type and what values it accepts.
 
     ``kind``: ``int``, ``float``, ``str`` or ``bool`` (a flag that stores ``store``).
-    ``many``: a comma-separated list (no empty item, no value twice).
+    ``many``: a comma-separated list (no empty item; no value twice unless not ``unique``).
     ``low``/``high``: inclusive bounds; ``above``: an exclusive lower bound.
     ``choices``: the allowed values. ``check``: ``value -> None`` raising UsageError.
     ``applies``: ``settings -> None`` when the option applies to them, else the fix to print.
@@ -75,6 +75,7 @@ class Option:
     check: Callable[[Any], None] | None = None
     applies: Callable[[dict], str | None] | None = None
     run_option: bool = False
+    unique: bool = True
     store: Any = True
     flag: str | None = None
     metavar: str | None = None
@@ -95,6 +96,8 @@ class Option:
         if not all(items):
             raise UsageError(f"{self.name} {text!r} has an empty item; write e.g. {self.name} {self._example()}.")
         values = [self._item(t) for t in items]
+        if not self.unique:
+            return values
         seen = set()
         for t, v in zip(items, values):
             if v in seen:
