@@ -22,50 +22,30 @@ from then on), so ten rounds is a safe margin. With less spread the workers
 stay in phase longer (about ``0.2 / sigma^2`` rounds: 80 for ``sigma = 0.05``,
 which ``--warmup 1600`` covers for 16 workers); raise ``--warmup`` then.
 
-Writes to ``--out`` (default ``runs/delay_distribution``): ``summary.json``
-(settings; mean, std, min, max, skewness and excess kurtosis of the staleness;
-the maximum-likelihood normal fit, i.e. the sample mean and the sample std with
-ddof = 0; the expected mean ``N - 1``; the histogram counts), ``histogram.png``
-(the histogram in integer bins as a density, the fitted normal pdf and a line at
-``N - 1``), ``staleness.npy`` (int32, the recorded staleness in arrival order)
-and ``report.md`` (the numbers beside the paper's claim).
+Presets (``--preset``): ``single`` (the default: N = 16 with ``max(20000, 100 N)``
+arrivals), ``tiny`` (N = 2, 5; seconds), ``quick`` (N = 2, 5, 17, 65, 257,
+``max(2000, 20 N)`` arrivals), ``medium`` (N = 2, 3, 5, 9, 17, 33, 65, 129, 257,
+powers of two plus one so that ``N - 1`` = 1 ... 256 are the delays of the
+paper's Figure 3, ``max(10000, 50 N)`` arrivals) and ``paper`` (the same N,
+``max(20000, 100 N)`` arrivals). ``--workers N`` or ``--workers N1,N2,...``
+replaces the preset's N (sorted); ``--arrivals`` and ``--warmup`` apply to every
+N. Every N discards a warm-up of ``10 N`` arrivals and uses the timing options
+(default ``Normal(1, 0.2^2)``, the paper's).
 
-N sweep (the paper's figure over N). ``--preset quick|medium|paper`` runs one
-simulation per N and writes to ``--out`` (default
-``runs/delay_distribution-<preset>``):
-
-- ``paper``: N = 2, 3, 5, 9, 17, 33, 65, 129, 257 (powers of two plus one, so
-  ``N - 1`` = 1 ... 256, the delays of the paper's Figure 3), ``max(20000, 100 N)``
-  arrivals per N (the single-N default); 1-2 s per N, mostly compilation (17 s in
-  all on a busy 2-core CPU).
-- ``medium``: the same N, ``max(10000, 50 N)`` arrivals.
-- ``quick``: N = 2, 5, 17, 65, 257, ``max(2000, 20 N)`` arrivals (seconds).
-
-Every preset discards a warm-up of ``10 N`` arrivals and uses the timing flags
-(default ``Normal(1, 0.2^2)``, the paper's). ``--workers-list 2,4,8`` replaces
-the preset's N (sorted, duplicates dropped); given without ``--preset`` it runs
-the ``paper`` run lengths into ``runs/delay_distribution-sweep``.
-``--arrivals`` and ``--warmup`` given with a sweep apply to every N. ``--workers``
-means one N: it cannot be combined with ``--preset`` or ``--workers-list`` (a
-one-line error names the flag to use). Neither given: the single-N mode with
-``--workers`` (default 16) described above.
-
-A sweep writes ``results.jsonl`` (one JSON object per N: ``config_id``, the
-settings, mean, std, min, max, skewness, excess kurtosis, the normal fit, the
-expected mean ``N - 1``, the histogram counts and the simulation time),
-``mean_vs_workers.png`` (mean ± std against N on log-2 axes with the line
-``N - 1``; beside it the std against N with a power-law fit),
-``histograms.png`` (up to six N, each with its normal fit) and ``report.md``
-(a table per N and the measured findings beside the paper's claim, every
-statement computed from the records). Rerun-safe: ``results.jsonl`` is an
-:class:`experiments.common.ResultsFile` keyed by the settings of one N, so a
-rerun (or a sweep grown by more N) simulates only the N not yet recorded and
-appends; earlier lines are never rewritten. The plots and ``report.md`` are
-rebuilt from the records of the N asked for. Per-N staleness arrays are not
-kept in a sweep (the histogram counts in the records hold every value). The two
-modes write different files except ``report.md``, so a sweep refuses an
-``--out`` that holds a single-N ``summary.json`` and the single-N mode refuses
-one that holds a sweep's ``results.jsonl``.
+Writes to ``--out`` (default ``runs/delay_distribution-<preset>``):
+``results.jsonl`` (one JSON object per N: ``config_id``, the settings, mean,
+std, min, max, skewness, excess kurtosis, the maximum-likelihood normal fit,
+i.e. the sample mean and the sample std with ddof = 0, the expected mean
+``N - 1``, the histogram counts and the simulation time) and ``report.md`` (the
+numbers beside the paper's claim, every statement computed from the records).
+With one N also ``histogram.png`` (the histogram in integer bins as a density,
+the fitted normal pdf and a line at ``N - 1``) and ``staleness.npy`` (int32, the
+recorded staleness in arrival order); with several ``mean_vs_workers.png``
+(mean ± std against N on log-2 axes with the line ``N - 1``; beside it the std
+against N with a power-law fit) and ``histograms.png`` (up to six N, each with
+its normal fit). Rerun-safe: a rerun (or a sweep grown by more N) simulates
+only the N not yet in ``results.jsonl`` and appends; earlier lines are never
+rewritten.
 
 Why the spread grows about like ``sigma (N - 1)`` (a heuristic, for reading the
 report): between a gradient's pull and its arrival lies one compute time
@@ -467,7 +447,7 @@ def sweep_report(records: list[dict], preset: str | None, growth: dict) -> str:
             spread += "."
     walls = [r.get("wall_s") for r in records]
     wall = f"{sum(walls):.1f} s" if all(w is not None for w in walls) else "not recorded"
-    lengths = f"the `{preset}` preset" if preset else "`--workers-list` with the paper preset's run lengths"
+    lengths = f"the `{preset}` preset's run lengths"
     settings = (
         f"N = {', '.join(map(str, ns))} ({lengths}); compute time ~ {timing_label(timing, ns[-1])}; "
         f"{records[0]['assignment']} assignment; seed {records[0]['seed']}. Per N, a warm-up of "
