@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import sys
 
-# study name -> module; each module has NAME, HELP, add_arguments(parser) and run(args).
+# study name -> module; a study module has STUDY (an experiments.study.Study); a tool (benchmark) has
+# NAME, HELP, add_arguments(parser) and run(args).
 STUDIES = {
     "delay_sweep": "experiments.delay_sweep",
     "delay_distribution": "experiments.delay_distribution",
@@ -35,14 +37,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="study", metavar="<study>", title="studies")
     for name, module_name in STUDIES.items():
         module = importlib.import_module(module_name)
+        study = getattr(module, "STUDY", None)
         sp = sub.add_parser(
             name,
-            help=module.HELP,
+            help=study.help if study else module.HELP,
             description=(module.__doc__ or "").strip(),
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        module.add_arguments(sp)
-        sp.set_defaults(_module=module)
+        if study is not None:
+            study.add_arguments(sp)
+            sp.set_defaults(_run=functools.partial(_run_study, study))
+        else:
+            module.add_arguments(sp)
+            sp.set_defaults(_run=module.run)
     return parser
 
 
@@ -57,10 +64,16 @@ def main(argv=None) -> int:
     try:
         if args.distributed:
             _initialize_distributed()
-        return args._module.run(args)
+        return args._run(args)
     except UsageError as e:
         print(f"python -m experiments {args.study}: error: {e}", file=sys.stderr)
         return 2
+
+
+def _run_study(study, args) -> int:
+    from experiments import study as skeleton
+
+    return skeleton.run(study, args)
 
 
 def _initialize_distributed() -> None:

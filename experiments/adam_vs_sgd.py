@@ -21,9 +21,8 @@ to ``--out``. Rerunning the same command skips finished configs.
 from __future__ import annotations
 
 import math
-import os
 
-from experiments import common, curves, sources
+from experiments import curves, study
 
 NAME = "adam_vs_sgd"
 HELP = "Jain et al. Fig. 3: Adam (halve lr and batch per doubling of workers) vs SGD under large delays"
@@ -95,85 +94,49 @@ def adam_heuristic(delay: int, lr: float, batch: int, min_batch: int) -> tuple[f
     return lr / n, max(min_batch, int(round(batch / n)))
 
 
-def add_arguments(p) -> None:
-    p.add_argument("--preset", choices=sorted(PRESETS), default="quick", help="default: quick")
-    p.add_argument("--data", help=sources.SOURCES_HELP)
-    p.add_argument("--data-dir", help="TFDS data directory (tfds: sources only)")
-    p.add_argument("--out", help="output directory (default: runs/adam_vs_sgd-<preset>)")
-    p.add_argument("--delays", help="comma-separated, e.g. 0,32,128,256")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--seeds", help="comma-separated seeds")
-    p.add_argument("--sgd-learning-rates", help="comma-separated SGD learning rates (same at every delay)")
-    p.add_argument("--sgd-batch-size", type=int)
-    p.add_argument("--adam-learning-rate", type=float, help="Adam's learning rate with 1 worker")
-    p.add_argument("--adam-batch-size", type=int, help="Adam's batch size with 1 worker")
-    p.add_argument("--adam-min-batch", type=int, help="floor of the halved batch size")
-    p.add_argument("--adam-lr-multipliers", help="comma-separated multipliers of the heuristic learning rate")
-    p.add_argument("--loop", choices=["auto", "step", "scan"], default="auto")
-    p.add_argument("--chunk-size", type=int, help="configs vmapped per call and device (default: 2 on CPU, the whole group elsewhere)")
+OPTIONS = (
+    *study.TRAINING,
+    study.Option("delays", int, many=True, low=0, help="comma-separated, e.g. 0,32,128,256"),
+    study.EPOCHS,
+    study.SEEDS,
+    study.Option("sgd_learning_rates", float, many=True, above=0,
+                 help="comma-separated SGD learning rates (same at every delay)"),
+    study.Option("sgd_batch_size", int, low=1),
+    study.Option("adam_learning_rate", float, above=0, help="Adam's learning rate with 1 worker"),
+    study.Option("adam_batch_size", int, low=1, help="Adam's batch size with 1 worker"),
+    study.Option("adam_min_batch", int, low=1, help="floor of the halved batch size"),
+    study.Option("adam_lr_multipliers", float, many=True, above=0,
+                 help="comma-separated multipliers of the heuristic learning rate"),
+)
 
 
-def settings_from_args(args) -> dict:
-    s = dict(PRESETS[args.preset])
-    lists = {"delays": int, "seeds": int, "sgd_learning_rates": float, "adam_lr_multipliers": float}
-    for key, kind in lists.items():
-        if getattr(args, key) is not None:
-            s[key] = common.parse_list(getattr(args, key), kind, key.replace("_", "-"))
-    for key in (
-        "data",
-        "epochs",
-        "sgd_batch_size",
-        "adam_learning_rate",
-        "adam_batch_size",
-        "adam_min_batch",
-    ):
-        if getattr(args, key) is not None:
-            s[key] = getattr(args, key)
-    for key in ("adam_learning_rate",):
-        if not (s[key] > 0 and math.isfinite(s[key])):
-            raise common.UsageError(f"--{key.replace('_', '-')} must be a positive number, got {s[key]}.")
-    for key in ("adam_batch_size", "adam_min_batch", "sgd_batch_size"):
-        if s[key] < 1:
-            raise common.UsageError(f"--{key.replace('_', '-')} must be a positive integer, got {s[key]}.")
-    if any(m <= 0 for m in s["adam_lr_multipliers"]):
-        raise common.UsageError("--adam-lr-multipliers must all be positive.")
-    return s
-
-
-def make_configs(s: dict, num_train: int | None = None) -> list[dict]:
-    from asgd_jax.sweep import expand_grid, normalize_config
-
-    raw = expand_grid(
-        {
-            "data": s["data"],
-            "model": "lenet5",
-            "optimizer": "sgd",
-            "momentum": 0.9,
-            "epochs": s["epochs"],
-            "batch_size": s["sgd_batch_size"],
-            "delay": s["delays"],
-            "learning_rate": s["sgd_learning_rates"],
-            "seed": s["seeds"],
-        }
-    )
+def make_configs(ctx) -> list[dict]:
+    """SGD over its learning-rate grid at every delay, then Adam with the heuristic per delay."""
+    s = ctx.settings
+    grids = [("sgd", {
+        "data": s["data"],
+        "model": "lenet5",
+        "optimizer": "sgd",
+        "momentum": 0.9,
+        "epochs": s["epochs"],
+        "batch_size": s["sgd_batch_size"],
+        "delay": s["delays"],
+        "learning_rate": s["sgd_learning_rates"],
+        "seed": s["seeds"],
+    })]
     for d in s["delays"]:
         lr, batch = adam_heuristic(d, s["adam_learning_rate"], s["adam_batch_size"], s["adam_min_batch"])
-        raw += expand_grid(
-            {
-                "data": s["data"],
-                "model": "lenet5",
-                "optimizer": "adam",
-                "epochs": s["epochs"],
-                "batch_size": batch,
-                "delay": d,
-                "learning_rate": [lr * m for m in s["adam_lr_multipliers"]],
-                "seed": s["seeds"],
-            }
-        )
-    try:
-        return [normalize_config(c, num_train) for c in raw]
-    except ValueError as e:
-        raise common.UsageError(str(e)) from None
+        grids.append(("adam", {
+            "data": s["data"],
+            "model": "lenet5",
+            "optimizer": "adam",
+            "epochs": s["epochs"],
+            "batch_size": batch,
+            "delay": d,
+            "learning_rate": [lr * m for m in s["adam_lr_multipliers"]],
+            "seed": s["seeds"],
+        }))
+    return study.training_configs(grids, ctx.data and ctx.data.num_train)
 
 
 def _mean_acc(records) -> float | None:
@@ -188,7 +151,7 @@ def analyse(records: list[dict], delays: list[int]) -> dict:
         return [
             r
             for r in records
-            if r["optimizer"] == opt
+            if r["method"] == opt
             and r["delay"] == d
             and (lr is None or math.isclose(r["learning_rate"], lr))
         ]
@@ -302,9 +265,8 @@ def report(settings: dict, analysis: dict, dataset_name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(args) -> int:
-    s = settings_from_args(args)
-    out, dataset, records, ran, wall = common.run_study(NAME, args, s, make_configs)
+def finish(ctx, records) -> tuple[str, list[str]]:
+    s = ctx.settings
     analysis = analyse(records, s["delays"])
     panels = {}
     for row in analysis["rows"]:
@@ -318,7 +280,7 @@ def run(args) -> int:
             rs = [
                 r
                 for r in records
-                if r["optimizer"] == opt
+                if r["method"] == opt
                 and r["delay"] == d
                 and lr is not None
                 and math.isclose(r["learning_rate"], lr)
@@ -331,8 +293,12 @@ def run(args) -> int:
         panels[f"delay {d}"] = lines
     curves.accuracy_curves(
         panels,
-        os.path.join(out, "curves.png"),
+        ctx.figure("curves.png"),
         title=f"LeNet-5 on {s['data']}: Adam (heuristic) vs SGD (momentum 0.9)",
     )
-    text = report(s, analysis, dataset.name)
-    return common.finish_study(out, text, ran, wall, ["curves.png"])
+    return report(s, analysis, ctx.data.name), []
+
+
+STUDY = study.training_study(
+    name=NAME, help=HELP, doc=__doc__, presets=PRESETS, options=OPTIONS, configs=make_configs, finish=finish
+)

@@ -76,14 +76,15 @@ configs are all in ``results.jsonl`` are not run again.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
 
 import numpy as np
 
-from experiments import common, plots, sources
+from asgd_jax.problems import SPLITS
+
+from experiments import async_results, common, plots, sources, study
 
 NAME = "asgrad"
 HELP = (
@@ -102,7 +103,7 @@ METHOD_MAP = {
     "ringmaster": 'assignment="pure", max_staleness=R (Ringmaster ASGD)',
     "adaptive": 'assignment="pure", staleness_scaling="adaptive" (step γ·min(1, n/τ))',
 }
-TIMINGS = ("normal", "exponential", "lognormal", "fixed")
+TIMINGS = ("normal", "exponential", "lognormal", "fixed")  # the laws of asgd_jax.timing.LAWS AsGrad uses
 DEFAULT_SIGMA = {"normal": 1.0, "lognormal": 0.5}
 ASGRAD_STEPS = [2.0**-k for k in range(1, 11)]
 
@@ -128,33 +129,47 @@ PRESETS = {
 }
 
 
-def add_arguments(p) -> None:
-    p.add_argument("--preset", choices=list(PRESETS), default="quick",
-                   help="settings to start from (default quick); the options below override them")
-    p.add_argument("--data", help="synthetic:<alpha>,<beta> (Synthetic(alpha, beta), FedProx's generator with "
-                   "binary labels, one block per worker) or " + sources.LIBSVM_HELP)
-    p.add_argument("--split", help="how the samples are divided among the workers: contiguous (file order, "
-                   "AsGrad's; default), iid, label (sorted by label), dirichlet (see --dirichlet-alpha)")
-    p.add_argument("--dirichlet-alpha", type=float, help="concentration of --split dirichlet (default 0.5)")
-    p.add_argument("--workers", type=int, help="number of workers n (default 10)")
-    p.add_argument("--speeds", metavar="S1,S2,...", help="mean compute time of each worker (default 1,2,...,n)")
-    p.add_argument("--timing", help="compute-time law, each with mean s_i: normal (default; AsGrad's, std = "
-                   "--sigma x mean, truncated to > 0), exponential, lognormal, fixed")
-    p.add_argument("--sigma", type=float, help="spread: normal's std / mean before truncation (default 1, "
-                   "AsGrad's) or lognormal's std of log T (default 0.5)")
-    p.add_argument("--samples-per-worker", type=int, help="synthetic data: samples per worker")
-    p.add_argument("--dim", type=int, help="synthetic data: features")
-    p.add_argument("--label-noise", type=float, help="synthetic data: probability of flipping each label "
-                   "(default 0.1; 0 leaves the data nearly separable, see the description)")
-    p.add_argument("--lam", type=float, help="lambda of the non-convex regulariser (default 0.1)")
-    p.add_argument("--methods", help="comma-separated subset of " + ",".join(METHODS) + " (default all)")
-    p.add_argument("--step-sizes", help="comma-separated step sizes (default 2^-1, ..., 2^-10)")
-    p.add_argument("--iterations", type=int, help="update calls (gradients computed) per run")
-    p.add_argument("--evals", type=int, help="evaluations of ||grad F|| per run (must divide --iterations)")
-    p.add_argument("--seeds", help="comma-separated seeds of the simulation (compute times, assignment)")
-    p.add_argument("--rennala-batch", type=int, help="Rennala's S, gradients per step (default n)")
-    p.add_argument("--ringmaster-r", type=int, help="Ringmaster's R, the largest staleness kept (default n)")
-    p.add_argument("--out", help="output directory (default runs/asgrad-<preset>)")
+def _synthetic_only(s: dict) -> str | None:
+    if not str(s["data"]).startswith("synthetic:"):
+        return "applies only to synthetic data (a LIBSVM file has its own size); leave it out."
+    return None
+
+
+def _check_data(spec: str) -> None:
+    parse_data(spec)
+
+
+OPTIONS = (
+    study.Option("data", str, check=_check_data, help="synthetic:<alpha>,<beta> (Synthetic(alpha, beta), FedProx's "
+                 "generator with binary labels, one block per worker) or " + sources.LIBSVM_HELP),
+    study.Option("split", str, choices=SPLITS, help="how the samples are divided among the workers: contiguous "
+                 "(file order, AsGrad's; default), iid, label (sorted by label), dirichlet (see --dirichlet-alpha)"),
+    study.Option("dirichlet_alpha", float, above=0, applies=study.only_for("split", ("dirichlet",)),
+                 help="concentration of --split dirichlet (default 0.5)"),
+    study.Option("workers", int, low=1, help="number of workers n (default 10)"),
+    study.Option("speeds", float, many=True, above=0, unique=False, metavar="S1,S2,...",
+                 help="mean compute time of each worker (default 1,2,...,n)"),
+    study.Option("timing", str, choices=TIMINGS, help="compute-time law, each with mean s_i: normal (default; "
+                 "AsGrad's, std = --sigma x mean, truncated to > 0), exponential, lognormal, fixed"),
+    study.Option("sigma", float, low=0, applies=study.only_for("timing", tuple(DEFAULT_SIGMA)),
+                 help="spread: normal's std / mean before truncation (default 1, AsGrad's) or lognormal's std "
+                 "of log T (default 0.5)"),
+    study.Option("samples_per_worker", int, low=1, applies=_synthetic_only,
+                 help="synthetic data: samples per worker"),
+    study.Option("dim", int, low=1, applies=_synthetic_only, help="synthetic data: features"),
+    study.Option("label_noise", float, low=0, high=1, applies=_synthetic_only,
+                 help="synthetic data: probability of flipping each label (default 0.1; 0 leaves the data nearly "
+                 "separable, see the description)"),
+    study.Option("lam", float, low=0, help="lambda of the non-convex regulariser (default 0.1)"),
+    study.Option("methods", str, many=True, choices=METHODS,
+                 help="comma-separated subset of " + ",".join(METHODS) + " (default all)"),
+    study.Option("step_sizes", float, many=True, above=0, help="comma-separated step sizes (default 2^-1, ..., 2^-10)"),
+    study.Option("iterations", int, low=1, help="update calls (gradients computed) per run"),
+    study.Option("evals", int, low=1, help="evaluations of ||grad F|| per run (must divide --iterations)"),
+    study.Option("seeds", int, many=True, help="comma-separated seeds of the simulation (compute times, assignment)"),
+    study.Option("rennala_batch", int, low=1, help="Rennala's S, gradients per step (default n)"),
+    study.Option("ringmaster_r", int, low=0, help="Ringmaster's R, the largest staleness kept (default n)"),
+)
 
 
 # --- settings ------------------------------------------------------------------------------------------
@@ -185,96 +200,34 @@ def parse_data(spec: str) -> dict:
     raise common.UsageError(f"--data {spec!r}: unknown source; write synthetic:<alpha>,<beta> or libsvm:<path>.")
 
 
-def settings_from_args(args) -> dict:
-    """The preset with the command line's overrides, every value checked (one-line UsageError)."""
-    s = dict(PRESETS[args.preset])
-    for key in ("data", "split", "dirichlet_alpha", "workers", "timing", "sigma", "samples_per_worker", "dim",
-                "label_noise", "lam", "iterations", "evals", "rennala_batch", "ringmaster_r"):
-        if getattr(args, key, None) is not None:
-            s[key] = getattr(args, key)
-    if not s["data"].startswith("synthetic:"):
-        given = [f for f in ("samples_per_worker", "dim", "label_noise") if getattr(args, f, None) is not None]
-        if given:
-            raise common.UsageError(
-                f"--{given[0].replace('_', '-')} applies only to synthetic data (a LIBSVM file has its own size)."
-            )
-    if args.methods is not None:
-        s["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]
-    if args.step_sizes is not None:
-        s["step_sizes"] = common.parse_list(args.step_sizes, float, "step-sizes")
-    if args.seeds is not None:
-        s["seeds"] = common.parse_list(args.seeds, int, "seeds")
-    if args.speeds is not None:
-        s["speeds"] = common.parse_list(args.speeds, float, "speeds")
-    return normalize_settings(s)
-
-
-def normalize_settings(s: dict) -> dict:
-    """Checks a settings dict and fills the defaults that depend on others (``speeds``, ``S``, ``R``, ...)."""
+def normalize_settings(s: dict, given: set = frozenset()) -> dict:
+    """Checks what involves several settings and fills the defaults that depend on others (``speeds``, ``S``,
+    ``R``, ``sigma``); the option table has checked each value on its own."""
     s = dict(s)
     data = parse_data(s["data"])
     n = s["workers"]
-    if n < 1:
-        raise common.UsageError(f"--workers must be >= 1, got {n}.")
-    if data["kind"] == "synthetic":
-        for key in ("samples_per_worker", "dim"):
-            if s.get(key) is None or s[key] < 1:
-                raise common.UsageError(
-                    f"--{key.replace('_', '-')} must be >= 1 for synthetic data, got {s.get(key)}."
-                )
-        if not (0.0 <= s["label_noise"] <= 1.0):
-            raise common.UsageError(f"--label-noise must be a probability in [0, 1], got {s['label_noise']}.")
-    else:
+    if data["kind"] != "synthetic":
         s["samples_per_worker"] = s["dim"] = s["label_noise"] = None  # the file decides
-    from asgd_jax import problems
-
-    if s["split"] not in problems.SPLITS:
-        raise common.UsageError(f"unknown --split {s['split']!r}; choose one of {', '.join(problems.SPLITS)}.")
     if s["split"] == "dirichlet":
         s["dirichlet_alpha"] = 0.5 if s.get("dirichlet_alpha") is None else s["dirichlet_alpha"]
-        if not (math.isfinite(s["dirichlet_alpha"]) and s["dirichlet_alpha"] > 0):
-            raise common.UsageError(f"--dirichlet-alpha must be > 0, got {s['dirichlet_alpha']}.")
-    elif s.get("dirichlet_alpha") is not None:
-        raise common.UsageError("--dirichlet-alpha applies only to --split dirichlet.")
     speeds = s.get("speeds")
     speeds = [float(i + 1) for i in range(n)] if speeds is None else [float(v) for v in speeds]
     if len(speeds) != n:
         raise common.UsageError(f"--speeds has {len(speeds)} values for {n} workers; give one per worker.")
-    if not all(math.isfinite(v) and v > 0 for v in speeds):
-        raise common.UsageError("--speeds: every mean compute time must be > 0.")
     s["speeds"] = speeds
-    if s["timing"] not in TIMINGS:
-        raise common.UsageError(f"unknown --timing {s['timing']!r}; choose one of {', '.join(TIMINGS)}.")
     if s["timing"] in DEFAULT_SIGMA:
         s["sigma"] = DEFAULT_SIGMA[s["timing"]] if s.get("sigma") is None else float(s["sigma"])
-        if not (math.isfinite(s["sigma"]) and s["sigma"] >= 0):
-            raise common.UsageError(f"--sigma must be >= 0, got {s['sigma']}.")
-    elif s.get("sigma") is not None:
-        raise common.UsageError(f"--sigma does not apply to --timing {s['timing']}; leave it out.")
-    if not (math.isfinite(s["lam"]) and s["lam"] >= 0):
-        raise common.UsageError(f"--lam must be >= 0, got {s['lam']}.")
-    unknown = [m for m in s["methods"] if m not in METHODS]
-    if unknown or not s["methods"]:
-        raise common.UsageError(
-            f"unknown --methods {', '.join(unknown) or '(none)'}; choose from {', '.join(METHODS)}."
-        )
+    else:
+        s["sigma"] = None
     s["methods"] = list(dict.fromkeys(s["methods"]))
-    if not all(math.isfinite(v) and v > 0 for v in s["step_sizes"]):
-        raise common.UsageError("--step-sizes must all be > 0.")
     s["step_sizes"] = sorted({float(v) for v in s["step_sizes"]}, reverse=True)
     s["seeds"] = list(dict.fromkeys(int(v) for v in s["seeds"]))
     if s["iterations"] < n:
         raise common.UsageError(f"--iterations must be >= --workers ({n}) so that a gradient arrives, got {s['iterations']}.")
-    if s["evals"] < 1 or s["iterations"] % s["evals"]:
-        raise common.UsageError(
-            f"--evals must be >= 1 and divide --iterations ({s['iterations']}), got {s['evals']}."
-        )
+    if s["iterations"] % s["evals"]:
+        raise common.UsageError(f"--evals must divide --iterations ({s['iterations']}), got {s['evals']}.")
     s["rennala_batch"] = n if s.get("rennala_batch") is None else s["rennala_batch"]
-    if s["rennala_batch"] < 1:
-        raise common.UsageError(f"--rennala-batch must be >= 1, got {s['rennala_batch']}.")
     s["ringmaster_r"] = n if s.get("ringmaster_r") is None else s["ringmaster_r"]
-    if s["ringmaster_r"] < 0:
-        raise common.UsageError(f"--ringmaster-r must be >= 0, got {s['ringmaster_r']}.")
     return s
 
 
@@ -340,17 +293,12 @@ def timing_model(s: dict):
 
     from asgd_jax import timing
 
-    if s["timing"] == "normal":
-        sigma = s["sigma"]
-        scale = 1.0 / float(timing.normal(1.0, sigma).expected(0)) if sigma > 0 else 1.0
-        base = timing.normal(scale, scale * sigma)
-    elif s["timing"] == "lognormal":
-        base = timing.lognormal(1.0, s["sigma"])
-    elif s["timing"] == "exponential":
-        base = timing.exponential(1.0)
-    else:
-        base = timing.fixed(1.0)
-    return timing.per_worker(base, jnp.asarray(s["speeds"], jnp.float32))
+    mean, spread = 1.0, s["sigma"] or 0.0
+    if s["timing"] == "normal" and spread > 0:
+        # rescaled so that the truncated normal's mean is exactly 1 (AsGrad's std = mean)
+        mean = 1.0 / float(timing.normal(1.0, spread).expected(0))
+        spread = mean * spread
+    return timing.per_worker(timing.from_name(s["timing"], mean, spread), jnp.asarray(s["speeds"], jnp.float32))
 
 
 def method_options(method: str, s: dict) -> dict:
@@ -521,10 +469,6 @@ def best_runs(s: dict, records: list[dict]) -> dict:
     return out
 
 
-def _mean_curve(runs: list[dict], key: str) -> np.ndarray:
-    return np.mean([np.array([np.nan if v is None else v for v in r[key]], float) for r in runs], axis=0)
-
-
 def tail_at(runs: list[dict], t: float, evals: int) -> float:
     """Mean over seeds of the mean ||grad F|| over the last ``tail_length(evals)`` evaluations at time <= ``t``."""
     vals = []
@@ -614,12 +558,12 @@ def data_label(s: dict, problem_shape: tuple[int, int] | None = None) -> str:
 
 def timing_label(s: dict) -> str:
     speeds = ", ".join(f"{v:g}" for v in s["speeds"])
-    law = {
-        "normal": f"normal with std = {s.get('sigma', 1):g} × mean before truncation to > 0 (AsGrad's model)",
-        "lognormal": f"log-normal (σ of log T = {s.get('sigma', 0.5):g})",
-        "exponential": "exponential",
-        "fixed": "fixed",
-    }[s["timing"]]
+    if s["timing"] == "normal":
+        law = f"normal with std = {s['sigma']:g} × mean before truncation to > 0 (AsGrad's model)"
+    elif s["timing"] == "lognormal":
+        law = f"log-normal (σ of log T = {s['sigma']:g})"
+    else:
+        law = s["timing"]
     return f"mean compute times s_i = {speeds}; {law}"
 
 
@@ -814,7 +758,8 @@ def findings(s: dict, analysis: dict) -> list[str]:
 # --- entry point -------------------------------------------------------------------------------------
 
 
-def make_figures(s: dict, analysis: dict, out: str) -> list[str]:
+def make_figures(s: dict, analysis: dict, figure) -> None:
+    """The figures, each drawn to ``figure(name)``."""
     rows = analysis["rows"]
     title = "\n".join([*data_label(s).split("; "),
                        f"{s['workers']} workers, s_i = {', '.join(f'{v:g}' for v in s['speeds'])}"])
@@ -822,14 +767,15 @@ def make_figures(s: dict, analysis: dict, out: str) -> list[str]:
     for m, r in rows.items():
         series.append({
             "method": m, "label": f"{m} (γ = {step_label(r['step_size'])})",
-            "calls": r["runs"][0]["calls"], "time": _mean_curve(r["runs"], "time"),
-            "grad_norm": _mean_curve(r["runs"], "grad_norm"),
+            "calls": r["runs"][0]["calls"],
+            "time": async_results.mean_curve([x["time"] for x in r["runs"]], skip_nan=False),
+            "grad_norm": async_results.mean_curve([x["grad_norm"] for x in r["runs"]], skip_nan=False),
         })
-    plots.grad_norm_curves(series, os.path.join(out, "grad_norm.png"), title=title)
+    plots.grad_norm_curves(series, figure("grad_norm.png"), title=title)
     plots.step_size_scores(list(rows), s["step_sizes"], [r["scores"] for r in rows.values()],
-                           os.path.join(out, "step_sizes.png"), title=title,
+                           figure("step_sizes.png"), title=title,
                            ylabel=f"‖∇F‖ at the end (mean of the last {100 * TAIL:g} %)")
-    plots.worker_shares(list(rows), [r["shares"] for r in rows.values()], os.path.join(out, "shares.png"),
+    plots.worker_shares(list(rows), [r["shares"] for r in rows.values()], figure("shares.png"),
                         predicted=analysis["pure_law"], title="share of applied updates per worker: " + title)
     panels = []
     for m, r in rows.items():
@@ -837,45 +783,50 @@ def make_figures(s: dict, analysis: dict, out: str) -> list[str]:
             "method": m, "staleness": r["staleness"]["staleness"], "count": r["staleness"]["count"],
             "threshold": s["ringmaster_r"] if m == "ringmaster" else (0 if m == "rennala" else None),
         })
-    plots.staleness_by_method(panels, os.path.join(out, "staleness.png"), title="staleness of the arrivals: " + title)
-    return ["grad_norm.png", "step_sizes.png", "shares.png", "staleness.png"]
+    plots.staleness_by_method(panels, figure("staleness.png"), title="staleness of the arrivals: " + title)
 
 
-def run(args) -> int:
-    s = settings_from_args(args)
-    out = common.prepare_out_dir(args.out or os.path.join("runs", f"{NAME}-{args.preset}"))
-    problem = load_problem(s)
-    shape = problem["A"].shape
-    results = common.ResultsFile(os.path.join(out, "results.jsonl"))
-    if results.skipped_lines:
-        print(f"warning: skipped {results.skipped_lines} unreadable line(s) of {results.path} (a killed run?)")
-    with open(os.path.join(out, "study.json"), "w", encoding="utf-8") as f:
-        json.dump(common.jsonable({"study": NAME, "preset": args.preset, "settings": s,
-                                   "num_samples": shape[0], "num_features": shape[1]}), f, indent=2)
-    configs = {m: make_configs(s, m) for m in s["methods"]}
-    total = sum(len(c) for c in configs.values())
-    print(f"{NAME}: {data_label(s, shape)}; {s['workers']} workers, {timing_label(s)}")
-    print(f"  {len(s['methods'])} methods x {len(s['step_sizes'])} step sizes x {len(s['seeds'])} seeds = {total} "
-          f"runs of {s['iterations']} iterations; {sum(results.has(c) for cs in configs.values() for c in cs)} "
-          f"already in {results.path}")
-    t0 = time.perf_counter()
-    ran = 0
-    for m, cs in configs.items():
-        if all(results.has(c) for c in cs):
-            continue
-        records, wall = run_method(m, s, problem, cs)
-        results.append([r for r, c in zip(records, cs) if not results.has(c)])
-        ran += len(cs)
-        best = best_runs({**s, "methods": [m]}, records)[m]
-        print(f"  {m:>10}: {len(cs)} runs in one program, {wall:.1f} s; best γ = {step_label(best['step_size'])}, "
-              f"end ‖∇F‖ {_fmt(best['score'])}")
-    wall = time.perf_counter() - t0
-    records = results.select([c for cs in configs.values() for c in cs])
-    analysis = analyse(s, records)
-    figures = make_figures(s, analysis, out)
-    text = report(s, analysis, args.preset, shape)
-    with open(os.path.join(out, "report.md"), "w", encoding="utf-8") as f:
-        f.write(text)
-    print(text)
-    print(f"ran {ran} runs in {wall:.1f} s; wrote results.jsonl, {', '.join(figures)}, report.md to {out}")
-    return 0
+# --- the study: how the skeleton runs it ------------------------------------------------------------------
+
+
+def _configs(ctx) -> list[dict]:
+    return [c for m in ctx.settings["methods"] for c in make_configs(ctx.settings, m)]
+
+
+def _plan(ctx, configs: list[dict]) -> list[study.Unit]:
+    """One unit per method: its step sizes and seeds run as one compiled program."""
+    s = ctx.settings
+
+    def unit(m):
+        def run(_bar):
+            cs = [c for c in configs if c["method"] == m]
+            records, wall = run_method(m, s, ctx.data, cs)
+            best = best_runs({**s, "methods": [m]}, records)[m]
+            print(f"  {m:>10}: {len(cs)} runs in one program, {wall:.1f} s; best γ = "
+                  f"{step_label(best['step_size'])}, end ‖∇F‖ {_fmt(best['score'])}")
+            return records
+
+        return study.Unit([c for c in configs if c["method"] == m], run, m)
+
+    return [unit(m) for m in s["methods"]]
+
+
+def _head(ctx) -> str:
+    s = ctx.settings
+    return (f"({len(s['methods'])} methods x {len(s['step_sizes'])} step sizes x {len(s['seeds'])} seeds, "
+            f"{s['iterations']} iterations each) on {data_label(s, ctx.data['A'].shape)}; {s['workers']} workers, "
+            f"{timing_label(s)}")
+
+
+def _finish(ctx, records) -> tuple[str, list[str]]:
+    analysis = analyse(ctx.settings, records)
+    make_figures(ctx.settings, analysis, ctx.figure)
+    return report(ctx.settings, analysis, ctx.preset, ctx.data["A"].shape), []
+
+
+STUDY = study.Study(
+    name=NAME, help=HELP, doc=__doc__, presets=PRESETS, options=OPTIONS, configs=_configs, plan=_plan,
+    finish=_finish, check=normalize_settings, load=lambda ctx: load_problem(ctx.settings), head=_head,
+    label_fields=(),  # the method is part of every config (and of its config_id)
+    study_json=lambda ctx: {"num_samples": ctx.data["A"].shape[0], "num_features": ctx.data["A"].shape[1]},
+)

@@ -1,4 +1,4 @@
-"""Shared by the studies of asynchronous systems (dc_asgd, downpour): best setting per method, curves, tables."""
+"""Best setting per method, mean curves and tables: shared by the studies of asynchronous systems."""
 
 from __future__ import annotations
 
@@ -17,11 +17,17 @@ def _mean(values) -> float | None:
     return float(np.nanmean(vals))
 
 
-def _mean_curve(curves_: Sequence[Sequence[float | None]]) -> list[float | None]:
+def mean_curve(curves_: Sequence[Sequence[float | None]], *, skip_nan: bool = True) -> np.ndarray:
+    """The mean of equal-length curves (``None``: NaN); ``skip_nan``: NaNs left out of each point's mean."""
     arr = np.array([[np.nan if v is None else v for v in c] for c in curves_], float)
+    if not skip_nan:
+        return np.mean(arr, axis=0)
     with np.errstate(all="ignore"):
-        out = np.nanmean(arr, axis=0) if arr.size else arr
-    return [None if not np.isfinite(v) else float(v) for v in np.atleast_1d(out)]
+        return np.atleast_1d(np.nanmean(arr, axis=0) if arr.size else arr)
+
+
+def _mean_curve(curves_: Sequence[Sequence[float | None]]) -> list[float | None]:
+    return [None if not np.isfinite(v) else float(v) for v in mean_curve(curves_)]
 
 
 def score(record: Mapping) -> float:
@@ -33,10 +39,9 @@ def score(record: Mapping) -> float:
 def best_settings(
     records: Sequence[Mapping],
     panel: Callable[[Mapping], Hashable],
-    method: Callable[[Mapping], str],
     setting: Callable[[Mapping], tuple],
 ) -> dict[tuple, dict]:
-    """Per (panel, method): the setting (learning rate, lambda, ...) with the highest final test accuracy.
+    """Per (panel, the record's ``method`` label): the setting (learning rate, lambda, ...) with the highest final test accuracy.
 
     Seeds of one setting are averaged first. Returns ``(panel, method) ->`` a dict
     with ``setting``, ``final`` (mean final accuracy), ``peak`` (mean over seeds of
@@ -46,7 +51,7 @@ def best_settings(
     """
     cells: dict[tuple, dict[tuple, list]] = defaultdict(lambda: defaultdict(list))
     for r in records:
-        cells[(panel(r), method(r))][setting(r)].append(r)
+        cells[(panel(r), r["method"])][setting(r)].append(r)
     out = {}
     for key, by_setting in cells.items():
         summary = []

@@ -37,6 +37,7 @@ import time
 import numpy as np
 
 from experiments import common
+from experiments.study import Option
 
 NAME = "benchmark"
 HELP = "throughput (config-samples/s) of one LeNet-5 config vs a vmapped group, per loop driver"
@@ -44,10 +45,10 @@ HELP = "throughput (config-samples/s) of one LeNet-5 config vs a vmapped group, 
 
 def add_arguments(p) -> None:
     p.add_argument("--batch-sizes", default="64,512", help="comma-separated (default 64,512)")
-    p.add_argument("--configs", type=int, default=8, help="K, configs in a group (default 8)")
-    p.add_argument("--samples", type=int, default=8192, help="training samples per epoch (default 8192)")
+    p.add_argument("--configs", default=8, help="K, configs in a group (default 8)")
+    p.add_argument("--samples", default=8192, help="training samples per epoch (default 8192)")
     p.add_argument(
-        "--workers", type=int, default=16, help="simulated workers for the overhead table (default 16)"
+        "--workers", default=16, help="simulated workers for the overhead table (default 16)"
     )
     p.add_argument("--only", choices=["throughput", "overhead"], help="run one of the two tables")
     p.add_argument(
@@ -179,13 +180,10 @@ def _overhead(batch: int, workers: int, rounds: int = 7, steps: int = 60) -> lis
 
 
 def run(args) -> int:
-    batch_sizes = common.parse_list(args.batch_sizes, int, "batch-sizes")
-    if args.configs < 1:
-        raise common.UsageError(f"--configs must be >= 1, got {args.configs}.")
-    if args.workers < 1:
-        raise common.UsageError(f"--workers must be >= 1, got {args.workers}.")
-    if any(b < 1 or b > args.samples for b in batch_sizes):
-        raise common.UsageError(f"--batch-sizes must lie in [1, --samples={args.samples}].")
+    args.samples = samples = Option("samples", int, low=1).parse(args.samples)
+    batch_sizes = Option("batch_sizes", int, many=True, low=1, high=samples).parse(args.batch_sizes)
+    args.configs = Option("configs", int, low=1).parse(args.configs)
+    args.workers = Option("workers", int, low=1).parse(args.workers)
     out = common.prepare_out_dir(args.out)
     import jax
     from asgd_jax import TrainConfig, Trainer

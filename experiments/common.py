@@ -1,4 +1,4 @@
-"""What every study shares: argument checks, the results file, progress bars."""
+"""What every study shares: the results file, the output folder, atomic writes, progress bars, data."""
 
 from __future__ import annotations
 
@@ -6,38 +6,13 @@ import json
 import math
 import os
 import sys
-import time
 from typing import Any, Iterable, Mapping
-
-import numpy as np
 
 from asgd_jax.sweep import config_id
 
 
 class UsageError(Exception):
     """Bad input from the command line: printed as one line, exit status 2."""
-
-
-def parse_list(text: str, kind=float, name: str = "value") -> list:
-    """``"1e-3,1e-2"`` → ``[0.001, 0.01]``; one-line :class:`UsageError` otherwise."""
-    items = [t.strip() for t in str(text).split(",") if t.strip()]
-    if not items:
-        raise UsageError(f"--{name} needs at least one value, e.g. --{name} 1,2.")
-    out = []
-    for t in items:
-        try:
-            if kind is int:
-                v = float(t)
-                if v != int(v):
-                    raise ValueError
-                out.append(int(v))
-            else:
-                out.append(kind(t))
-        except ValueError:
-            raise UsageError(
-                f"--{name}: {t!r} is not a{'n integer' if kind is int else ' number'}."
-            ) from None
-    return out
 
 
 def jsonable(x: Any) -> Any:
@@ -175,11 +150,12 @@ def prepare_out_dir(path: str) -> str:
 
 
 def progress(**kwargs):
-    """A tqdm bar on stderr (plain text when stderr is not a terminal)."""
+    """A tqdm bar on stderr; none when stderr is not a terminal."""
     from tqdm.auto import tqdm
 
     kwargs.setdefault("file", sys.stderr)
     kwargs.setdefault("dynamic_ncols", True)
+    kwargs.setdefault("disable", None)  # no bar (no escape sequences) when stderr is not a terminal
     return tqdm(**kwargs)
 
 
@@ -203,131 +179,9 @@ def load_data(spec: str, data_dir: str | None = None):
         raise UsageError(str(e)) from None
 
 
-def run_sweep(
-    study: str, out: str, configs: list[dict], dataset, settings: dict, *, loop="auto", chunk_size=None
-) -> tuple[list[dict], int, float]:
-    """Trains the configs not yet in ``out/results.jsonl``, appending each chunk's results as it finishes.
-
-    Every group is planned first (chunks, device memory: a config too large for
-    a device stops the sweep here, before anything compiles); each chunk's
-    configs are sharded over this process's devices. With several processes
-    (``jax.distributed``), process ``p`` runs every ``P``-th remaining chunk and
-    appends to ``results.p<p>.jsonl``; process 0 merges them into
-    ``results.jsonl`` at the end. Writes ``out/study.json`` (the settings), shows
-    progress bars over configs and epochs, and returns ``(records of all configs
-    in their order, configs run now, seconds)``.
-    """
-    import jax
-
-    from asgd_jax import Trainer, sweep
-
-    pid, nproc = jax.process_index(), jax.process_count()
-    main_path = os.path.join(out, "results.jsonl")
-    parts = [os.path.join(out, f"results.p{k}.jsonl") for k in range(nproc)] if nproc > 1 else []
-    results = ResultsFile(
-        parts[pid] if parts else main_path, extra_paths=[main_path, *parts] if parts else ()
-    )
-    if results.repaired:
-        print(f"note: moved the cut-off last line of {results.path} to {results.path}.partial (a killed run)")
-    if results.skipped_lines:
-        print(f"warning: skipped {results.skipped_lines} unreadable line(s) of {results.path}")
-    mesh = sweep.local_mesh() if jax.local_device_count() > 1 else None
-    devices = 1 if mesh is None else mesh.devices.size
-    plans = []
-    try:
-        for g in sweep.group_configs(configs):
-            trainer = Trainer(g.train_config, dataset)
-            fit = sweep.max_configs_per_device(trainer)
-            plans += [
-                (trainer, ch)
-                for ch in sweep.plan_chunks(g, chunk_size=chunk_size, num_devices=devices, max_per_device=fit)
-            ]
-    except sweep.SweepMemoryError as e:
-        raise UsageError(str(e)) from None
-    todo = [(t, ch) for t, ch in plans if not all(results.has(c) for c in ch.configs)]
-    mine = todo[pid::nproc]
-    with open(os.path.join(out, "study.json"), "w", encoding="utf-8") as f:
-        json.dump({"study": study, "settings": settings, "num_configs": len(configs)}, f, indent=2)
-    num_todo = sum(sum(not results.has(c) for c in ch.configs) for _, ch in mine)
-    where = f" over {devices} devices" if devices > 1 else ""
-    where += f", process {pid} of {nproc}" if nproc > 1 else ""
-    print(
-        f"{study}: {len(configs)} configs on {dataset.name} ({dataset.num_train} train / {dataset.num_test} test), "
-        f"{sum(results.has(c) for c in configs)} already in {results.path}; "
-        f"{len(mine)} chunk(s) to run{where}"
-    )
-    t0 = time.perf_counter()
-    with progress(total=num_todo, desc="configs", unit="cfg", position=0) as bar:
-        for trainer, chunk in mine:
-            tc = trainer.config
-            bar.set_postfix_str(
-                f"group {tc.optimizer} bs={tc.batch_size} max_delay={tc.max_delay} ({len(chunk.configs)} cfgs)"
-            )
-            with progress(total=tc.epochs, desc="  epochs", unit="ep", position=1, leave=False) as epochs:
-
-                def on_epoch(e, metrics, epochs=epochs):
-                    epochs.update(1)
-                    epochs.set_postfix_str(f"acc={np.nanmax(metrics['test_accuracy']):.3f}")
-
-                chunk_results = sweep.run_chunk(chunk, trainer, loop=loop, mesh=mesh, on_epoch=on_epoch)
-            before = len(results.records)
-            results.append(chunk_results)
-            bar.update(len(results.records) - before)
-    wall = time.perf_counter() - t0
-    if parts:
-        results = _merge_process_results(main_path, parts, configs, pid)
-    return results.select(configs), num_todo, wall
-
-
-def _merge_process_results(main_path: str, parts: list[str], configs: list[dict], pid: int) -> ResultsFile:
-    """After every process finished: process 0 appends the per-process results to results.jsonl in config order."""
-    from jax.experimental import multihost_utils
-
-    multihost_utils.sync_global_devices("asgd_jax run_sweep: all chunks done")
-    merged = ResultsFile(main_path)
-    if pid == 0:
-        everything = ResultsFile(main_path, extra_paths=parts)
-        merged.append([r for r in everything.select(configs)])
-        for p in parts:
-            if os.path.exists(p):
-                os.remove(p)
-    multihost_utils.sync_global_devices("asgd_jax run_sweep: merged")
-    return ResultsFile(main_path)
-
-
-def configs_from_grids(grids: list[dict], num_train: int | None) -> list[dict]:
-    """Every config of ``grids`` (each expanded by :func:`asgd_jax.sweep.expand_grid`), normalized and checked;
-    a bad value raises :class:`UsageError` with the library's one-line message."""
-    from asgd_jax.sweep import expand_grid, normalize_config
-
-    try:
-        return [normalize_config(c, num_train) for g in grids for c in expand_grid(g)]
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-
-
-def run_study(study: str, args, settings: dict, make_configs):
-    """The shared start of a training study: every check before any data is read or compiled, then the sweep.
-
-    ``make_configs(settings, num_train)`` builds the study's normalized configs (``num_train=None`` checks
-    what it can before the data set is read). Returns ``(out, dataset, records, configs_run, seconds)``.
-    """
-    check_source(settings["data"])
-    make_configs(settings, None)
-    out = prepare_out_dir(args.out or os.path.join("runs", f"{study}-{args.preset}"))
-    dataset = load_data(settings["data"], args.data_dir)
-    configs = make_configs(settings, dataset.num_train)  # now also checks batch size <= training set
-    records, ran, wall = run_sweep(
-        study, out, configs, dataset, settings, loop=args.loop, chunk_size=args.chunk_size
-    )
-    return out, dataset, records, ran, wall
-
-
-def finish_study(out: str, report_text: str, ran: int, wall: float, figures: list[str]) -> int:
-    """Writes ``out/report.md``, prints the report and what the run wrote; returns the exit status 0."""
-    with open(os.path.join(out, "report.md"), "w", encoding="utf-8") as f:
-        f.write(report_text)
-    print(report_text)
-    wrote = ", ".join(["results.jsonl", *figures, "report.md"])
-    print(f"ran {ran} configs in {wall:.1f} s; wrote {wrote} to {out}")
-    return 0
+def write_text(path: str, text: str) -> None:
+    """Writes ``text`` to ``path`` whole or not at all (a temporary file renamed over it)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)

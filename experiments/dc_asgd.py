@@ -56,9 +56,7 @@ against 17 s per batch-128 step, measured on a 2-core CPU).
 
 from __future__ import annotations
 
-import os
-
-from experiments import async_results, common, curves, plots, sources
+from experiments import async_results, curves, plots, study
 
 NAME = "dc_asgd"
 HELP = "Zheng et al. (DC-ASGD): ASGD vs SSGD vs DC-ASGD-c/-a vs sequential SGD, M = 4, 8, 16, lambda swept"
@@ -79,7 +77,6 @@ STYLE = {
     "dc-a": dict(color="tab:red", ls="-"),
 }
 MODELS = ("lenet5", "mlp", "resnet20")
-TIMINGS = ("normal", "fixed", "exponential", "lognormal")
 
 _COMMON = dict(methods=list(METHODS), momentum=0.0, timing="normal", time_spread=0.2, seeds=[0])
 PRESETS = {
@@ -103,93 +100,45 @@ PRESETS = {
 }
 
 
-def add_arguments(p) -> None:
-    p.add_argument("--preset", choices=list(PRESETS), default="quick", help="default: quick")
-    p.add_argument("--data", help=sources.SOURCES_HELP)
-    p.add_argument("--data-dir", help="TFDS data directory (tfds: sources only)")
-    p.add_argument("--out", help="output directory (default: runs/dc_asgd-<preset>)")
-    p.add_argument("--model", help="lenet5, mlp or resnet20 (the paper's, GroupNorm; on a CPU --loop auto = step)")
-    p.add_argument("--methods", help="comma-separated subset of " + ",".join(METHODS))
-    p.add_argument("--workers", help="comma-separated worker counts M >= 2 (sequential SGD is M = 1)")
-    p.add_argument("--learning-rates", help="comma-separated")
-    p.add_argument("--lambdas-c", help="comma-separated lambda >= 0 of DC-ASGD-c (the paper's default: 0.04)")
-    p.add_argument("--lambdas-a", help="comma-separated lambda_0 >= 0 of DC-ASGD-a (the paper's default: 2)")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--momentum", type=float, help="server SGD momentum (default 0, the paper's plain update)")
-    p.add_argument("--timing", help="compute-time law of every worker, mean 1: " + ", ".join(TIMINGS))
-    p.add_argument("--time-spread", type=float, help="std of normal / sigma of lognormal (default 0.2)")
-    p.add_argument("--seeds", help="comma-separated seeds")
-    p.add_argument("--loop", choices=["auto", "step", "scan"], default="auto")
-    p.add_argument("--chunk-size", type=int, help="configs vmapped per call and device (default: 2 on CPU)")
+OPTIONS = (
+    *study.TRAINING,
+    study.Option("model", str, choices=MODELS,
+                 help="lenet5, mlp or resnet20 (the paper's, GroupNorm; on a CPU --loop auto = step)"),
+    study.Option("methods", str, many=True, choices=METHODS, help="comma-separated subset of " + ",".join(METHODS)),
+    study.Option("workers", int, many=True, low=2, help="comma-separated worker counts M >= 2 (sequential SGD, "
+                 "M = 1, is the method sgd)"),
+    study.Option("learning_rates", float, many=True, above=0, help="comma-separated"),
+    study.Option("lambdas_c", float, many=True, low=0,
+                 help="comma-separated lambda >= 0 of DC-ASGD-c (the paper's default: 0.04)"),
+    study.Option("lambdas_a", float, many=True, low=0,
+                 help="comma-separated lambda_0 >= 0 of DC-ASGD-a (the paper's default: 2)"),
+    study.Option("batch_size", int, low=1),
+    study.EPOCHS,
+    study.Option("momentum", float, low=0, help="server SGD momentum (default 0, the paper's plain update)"),
+    *study.timing_options("std of normal / sigma of lognormal / half-width of uniform (default 0.2)"),
+    study.SEEDS,
+)
 
 
-def settings_from_args(args) -> dict:
-    """The preset with the command line's overrides, checked (one-line UsageError)."""
-    s = dict(PRESETS[args.preset])
-    for key, kind in (("workers", int), ("learning_rates", float), ("lambdas_c", float), ("lambdas_a", float),
-                      ("seeds", int)):
-        if getattr(args, key, None) is not None:
-            s[key] = common.parse_list(getattr(args, key), kind, key.replace("_", "-"))
-    for key in ("data", "model", "batch_size", "epochs", "momentum", "timing", "time_spread"):
-        if getattr(args, key, None) is not None:
-            s[key] = getattr(args, key)
-    if getattr(args, "methods", None) is not None:
-        s["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]
-    check_settings(s)
-    return s
-
-
-def check_settings(s: dict) -> None:
-    unknown = [m for m in s["methods"] if m not in METHODS]
-    if unknown or not s["methods"]:
-        raise common.UsageError(f"unknown method {unknown[0] if unknown else ''!r}; choose from {', '.join(METHODS)}.")
-    if s["model"] not in MODELS:
-        raise common.UsageError(f"unknown model {s['model']!r}; choose lenet5, mlp or resnet20.")
-    if s["timing"] not in TIMINGS:
-        raise common.UsageError(f"unknown timing {s['timing']!r}; choose one of {', '.join(TIMINGS)}.")
-    bad = [m for m in s["workers"] if m < 2]
-    if bad:
-        raise common.UsageError(
-            f"--workers: every M must be >= 2, got {bad[0]} (sequential SGD, M = 1, is the method sgd)."
-        )
-    for key in ("lambdas_c", "lambdas_a"):
-        neg = [v for v in s[key] if not v >= 0]
-        if neg:
-            raise common.UsageError(f"--{key.replace('_', '-')}: lambda must be >= 0, got {neg[0]}.")
-
-
-def make_configs(s: dict, num_train: int | None = None) -> list[dict]:
+def make_configs(ctx) -> list[dict]:
     """Sequential SGD per learning rate, then per M: ASGD, SSGD, DC-ASGD-c x lambda, DC-ASGD-a x lambda0."""
-    check_settings(s)
+    s = ctx.settings
     bound = max(s["workers"])
     base = {
         "data": s["data"], "model": s["model"], "optimizer": "sgd", "momentum": s["momentum"],
         "epochs": s["epochs"], "batch_size": s["batch_size"], "system": "async", "timing": s["timing"],
         "time_spread": s["time_spread"], "seed": s["seeds"], "learning_rate": s["learning_rates"],
     }
-    grids = []
     many = {**base, "workers": s["workers"], "max_workers": bound}
-    if "sgd" in s["methods"]:  # one worker: plain SGD, in ASGD's compiled program
-        grids.append({**many, "workers": 1})
-    if "asgd" in s["methods"]:
-        grids.append(many)
-    if "ssgd" in s["methods"]:
-        grids.append({**many, "server_rule": "sync"})
-    if "dc-c" in s["methods"]:
-        grids.append({**many, "compensation": "dc-c", "dc_lambda": s["lambdas_c"]})
-    if "dc-a" in s["methods"]:
-        grids.append({**many, "compensation": "dc-a", "dc_lambda": s["lambdas_a"]})
-    return common.configs_from_grids(grids, num_train)
-
-
-def method_of(r: dict) -> str:
-    """The study's name for a config: sgd, asgd, ssgd, dc-c or dc-a."""
-    if r.get("server_rule") == "sync":
-        return "ssgd"
-    if r.get("compensation"):
-        return r["compensation"]
-    return "sgd" if r.get("workers") == 1 else "asgd"
+    grids = {
+        "sgd": {**many, "workers": 1},  # one worker: plain SGD, in ASGD's compiled program
+        "asgd": many,
+        "ssgd": {**many, "server_rule": "sync"},
+        "dc-c": {**many, "compensation": "dc-c", "dc_lambda": s["lambdas_c"]},
+        "dc-a": {**many, "compensation": "dc-a", "dc_lambda": s["lambdas_a"]},
+    }
+    return study.training_configs([(m, g) for m, g in grids.items() if m in s["methods"]],
+                                  ctx.data and ctx.data.num_train)
 
 
 def _setting(r: dict) -> tuple:
@@ -203,7 +152,7 @@ def _setting_fmt(method, setting) -> list[str]:
 
 def summarize(records: list[dict], workers: list[int]) -> dict:
     """Best setting per (M, method); sequential SGD is copied into every M."""
-    best = async_results.best_settings(records, lambda r: r["workers"], method_of, _setting)
+    best = async_results.best_settings(records, lambda r: r["workers"], _setting)
     for m in workers:
         if (1, "sgd") in best:
             best[(m, "sgd")] = best[(1, "sgd")]
@@ -324,7 +273,7 @@ def _seeds_phrase(seeds) -> str:
     return f"each number is the mean over {len(seeds)} seeds (a single seed can differ from it by a point or more)"
 
 
-def plot(out: str, s: dict, best: dict, dataset_name: str) -> list[str]:
+def plot(ctx, s: dict, best: dict, dataset_name: str) -> None:
     methods = [m for m in METHODS if m in s["methods"]]
     by_epoch, by_time = {}, {}
     for m in s["workers"]:
@@ -340,14 +289,14 @@ def plot(out: str, s: dict, best: dict, dataset_name: str) -> list[str]:
             by_epoch[name].append(dict(label=label, x=epochs, y=b["acc"], **STYLE[mt]))
             by_time[name].append(dict(label=label, x=b["time"], y=b["acc"], **STYLE[mt]))
     title = f"{s['model']} on {dataset_name}: best setting per method"
-    plots.accuracy_panels(by_epoch, os.path.join(out, "accuracy_vs_epoch.png"), xlabel="epoch", title=title)
-    plots.accuracy_panels(by_time, os.path.join(out, "accuracy_vs_time.png"),
+    plots.accuracy_panels(by_epoch, ctx.figure("accuracy_vs_epoch.png"), xlabel="epoch", title=title)
+    plots.accuracy_panels(by_time, ctx.figure("accuracy_vs_time.png"),
                           xlabel="simulated time (mean gradient times, log scale)", title=title, logx=True)
     values = {(f"M = {m}", mt): best[(m, mt)]["final"] for m in s["workers"] for mt in methods if (m, mt) in best}
     finals = [v for v in values.values() if v is not None]
     low = max(0.0, min(finals) - 0.05) if finals else 0.0
     plots.grouped_bars([f"M = {m}" for m in s["workers"]], methods, values,
-                       os.path.join(out, "best_per_method.png"), ylabel="best final test accuracy",
+                       ctx.figure("best_per_method.png"), ylabel="best final test accuracy",
                        title=title, colors={k: v["color"] for k, v in STYLE.items()}, ylim=(low, 1.0))
     lam_panels = {}
     for mt in ("dc-c", "dc-a"):
@@ -365,22 +314,27 @@ def plot(out: str, s: dict, best: dict, dataset_name: str) -> list[str]:
             lams = sorted(per_lambda)
             series.append(dict(label=f"M = {m}", x=lams, y=[per_lambda[v] for v in lams], color=f"C{i}"))
         lam_panels[METHOD_LABELS[mt] + (" (λ)" if mt == "dc-c" else " (λ0)")] = series
-    figures = ["accuracy_vs_epoch.png", "accuracy_vs_time.png", "best_per_method.png"]
     if lam_panels:
-        plots.accuracy_panels(lam_panels, os.path.join(out, "lambda.png"), xlabel="λ (log scale)",
+        plots.accuracy_panels(lam_panels, ctx.figure("lambda.png"), xlabel="λ (log scale)",
                               title="final test accuracy against λ (best learning rate)", logx=True)
-        figures.append("lambda.png")
-    return figures
 
 
-def run(args) -> int:
+def finish(ctx, records) -> tuple[str, list[str]]:
+    s = ctx.settings
+    best = summarize(records, s["workers"])
+    plot(ctx, s, best, ctx.data.name)
+    return report(s, best, ctx.data.name, ctx.data.num_train // s["batch_size"]), []
+
+
+def check(s: dict, given: set) -> dict:
     from asgd_jax.train import default_loop
 
-    s = settings_from_args(args)
-    if args.loop == "auto" and s["model"] == "resnet20" and default_loop(s["model"]) == "step":
+    if "loop" not in given and s["model"] == "resnet20" and default_loop(s["model"]) == "step":
         print("dc_asgd: ResNet-20 on a CPU: jitted steps driven from Python (--loop step), not lax.scan epochs")
-    out, dataset, records, ran, wall = common.run_study(NAME, args, s, make_configs)
-    best = summarize(records, s["workers"])
-    figures = plot(out, s, best, dataset.name)
-    text = report(s, best, dataset.name, dataset.num_train // s["batch_size"])
-    return common.finish_study(out, text, ran, wall, figures)
+    return s
+
+
+STUDY = study.training_study(
+    name=NAME, help=HELP, doc=__doc__, presets=PRESETS, options=OPTIONS, configs=make_configs, finish=finish,
+    check=check,
+)

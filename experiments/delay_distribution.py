@@ -22,50 +22,30 @@ from then on), so ten rounds is a safe margin. With less spread the workers
 stay in phase longer (about ``0.2 / sigma^2`` rounds: 80 for ``sigma = 0.05``,
 which ``--warmup 1600`` covers for 16 workers); raise ``--warmup`` then.
 
-Writes to ``--out`` (default ``runs/delay_distribution``): ``summary.json``
-(settings; mean, std, min, max, skewness and excess kurtosis of the staleness;
-the maximum-likelihood normal fit, i.e. the sample mean and the sample std with
-ddof = 0; the expected mean ``N - 1``; the histogram counts), ``histogram.png``
-(the histogram in integer bins as a density, the fitted normal pdf and a line at
-``N - 1``), ``staleness.npy`` (int32, the recorded staleness in arrival order)
-and ``report.md`` (the numbers beside the paper's claim).
+Presets (``--preset``): ``single`` (the default: N = 16 with ``max(20000, 100 N)``
+arrivals), ``tiny`` (N = 2, 5; seconds), ``quick`` (N = 2, 5, 17, 65, 257,
+``max(2000, 20 N)`` arrivals), ``medium`` (N = 2, 3, 5, 9, 17, 33, 65, 129, 257,
+powers of two plus one so that ``N - 1`` = 1 ... 256 are the delays of the
+paper's Figure 3, ``max(10000, 50 N)`` arrivals) and ``paper`` (the same N,
+``max(20000, 100 N)`` arrivals). ``--workers N`` or ``--workers N1,N2,...``
+replaces the preset's N (sorted); ``--arrivals`` and ``--warmup`` apply to every
+N. Every N discards a warm-up of ``10 N`` arrivals and uses the timing options
+(default ``Normal(1, 0.2^2)``, the paper's).
 
-N sweep (the paper's figure over N). ``--preset quick|medium|paper`` runs one
-simulation per N and writes to ``--out`` (default
-``runs/delay_distribution-<preset>``):
-
-- ``paper``: N = 2, 3, 5, 9, 17, 33, 65, 129, 257 (powers of two plus one, so
-  ``N - 1`` = 1 ... 256, the delays of the paper's Figure 3), ``max(20000, 100 N)``
-  arrivals per N (the single-N default); 1-2 s per N, mostly compilation (17 s in
-  all on a busy 2-core CPU).
-- ``medium``: the same N, ``max(10000, 50 N)`` arrivals.
-- ``quick``: N = 2, 5, 17, 65, 257, ``max(2000, 20 N)`` arrivals (seconds).
-
-Every preset discards a warm-up of ``10 N`` arrivals and uses the timing flags
-(default ``Normal(1, 0.2^2)``, the paper's). ``--workers-list 2,4,8`` replaces
-the preset's N (sorted, duplicates dropped); given without ``--preset`` it runs
-the ``paper`` run lengths into ``runs/delay_distribution-sweep``.
-``--arrivals`` and ``--warmup`` given with a sweep apply to every N. ``--workers``
-means one N: it cannot be combined with ``--preset`` or ``--workers-list`` (a
-one-line error names the flag to use). Neither given: the single-N mode with
-``--workers`` (default 16) described above.
-
-A sweep writes ``results.jsonl`` (one JSON object per N: ``config_id``, the
-settings, mean, std, min, max, skewness, excess kurtosis, the normal fit, the
-expected mean ``N - 1``, the histogram counts and the simulation time),
-``mean_vs_workers.png`` (mean ± std against N on log-2 axes with the line
-``N - 1``; beside it the std against N with a power-law fit),
-``histograms.png`` (up to six N, each with its normal fit) and ``report.md``
-(a table per N and the measured findings beside the paper's claim, every
-statement computed from the records). Rerun-safe: ``results.jsonl`` is an
-:class:`experiments.common.ResultsFile` keyed by the settings of one N, so a
-rerun (or a sweep grown by more N) simulates only the N not yet recorded and
-appends; earlier lines are never rewritten. The plots and ``report.md`` are
-rebuilt from the records of the N asked for. Per-N staleness arrays are not
-kept in a sweep (the histogram counts in the records hold every value). The two
-modes write different files except ``report.md``, so a sweep refuses an
-``--out`` that holds a single-N ``summary.json`` and the single-N mode refuses
-one that holds a sweep's ``results.jsonl``.
+Writes to ``--out`` (default ``runs/delay_distribution-<preset>``):
+``results.jsonl`` (one JSON object per N: ``config_id``, the settings, mean,
+std, min, max, skewness, excess kurtosis, the maximum-likelihood normal fit,
+i.e. the sample mean and the sample std with ddof = 0, the expected mean
+``N - 1``, the histogram counts and the simulation time) and ``report.md`` (the
+numbers beside the paper's claim, every statement computed from the records).
+With one N also ``histogram.png`` (the histogram in integer bins as a density,
+the fitted normal pdf and a line at ``N - 1``) and ``staleness.npy`` (int32, the
+recorded staleness in arrival order); with several ``mean_vs_workers.png``
+(mean ± std against N on log-2 axes with the line ``N - 1``; beside it the std
+against N with a power-law fit) and ``histograms.png`` (up to six N, each with
+its normal fit). Rerun-safe: a rerun (or a sweep grown by more N) simulates
+only the N not yet in ``results.jsonl`` and appends; earlier lines are never
+rewritten.
 
 Why the spread grows about like ``sigma (N - 1)`` (a heuristic, for reading the
 report): between a gradient's pull and its arrival lies one compute time
@@ -77,205 +57,106 @@ per-worker rounding term of variance ``O(N - 1)``, and its std tends to
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
 
 import numpy as np
 
-from experiments import common, plots
+from asgd_jax.timing import LAWS
+
+from experiments import common, plots, study
 
 NAME = "delay_distribution"
 HELP = "Jain et al. Fig. 1: Monte Carlo of the staleness of N asynchronous workers (centred at N - 1)"
 
-TIMINGS = ("normal", "fixed", "exponential", "lognormal", "uniform")
 ASSIGNMENTS = ("pure", "random", "shuffle")
-DEFAULTS = dict(workers=16, timing="normal", mean=1.0, sigma=0.2, low=0.5, high=1.5, slowdown=5.0)
+DEFAULTS = dict(timing="normal", mean=1.0, sigma=0.2, low=0.5, high=1.5, slowdown=5.0)
 PAPER_WORKERS = [2, 3, 5, 9, 17, 33, 65, 129, 257]  # N - 1 = 1, 2, 4, ..., 256
-WARMUP_ROUNDS = 10  # warm-up arrivals per worker, every mode
-# An N sweep: the N and the arrivals recorded per N, max(min_arrivals, arrivals_per_worker * N).
+WARMUP_ROUNDS = 10  # warm-up arrivals per worker, every preset
+_RUN = dict(timing="normal", mean=None, sigma=None, low=None, high=None, stragglers=0.0, slowdown=None,
+            assignment="pure", arrivals=None, warmup=None, seed=0)
+# The N and the arrivals recorded per N, max(min_arrivals, arrivals_per_worker * N).
 PRESETS = {
-    "quick": {"workers": [2, 5, 17, 65, 257], "min_arrivals": 2000, "arrivals_per_worker": 20},
-    "medium": {"workers": PAPER_WORKERS, "min_arrivals": 10000, "arrivals_per_worker": 50},
-    "paper": {"workers": PAPER_WORKERS, "min_arrivals": 20000, "arrivals_per_worker": 100},
+    "single": dict(_RUN, workers=[16], min_arrivals=20000, arrivals_per_worker=100),
+    "tiny": dict(_RUN, workers=[2, 5], min_arrivals=500, arrivals_per_worker=20),
+    "quick": dict(_RUN, workers=[2, 5, 17, 65, 257], min_arrivals=2000, arrivals_per_worker=20),
+    "medium": dict(_RUN, workers=PAPER_WORKERS, min_arrivals=10000, arrivals_per_worker=50),
+    "paper": dict(_RUN, workers=PAPER_WORKERS, min_arrivals=20000, arrivals_per_worker=100),
 }
-SINGLE = PRESETS["paper"]  # the single-N run lengths
 PAPER_TIMING = {"model": "normal", "mean": 1.0, "sigma": 0.2}
 
 
-def add_arguments(p) -> None:
-    p.add_argument(
-        "--workers",
-        type=int,
-        help="number of workers N of a single-N run (default 16); not with --preset or --workers-list",
-    )
-    p.add_argument(
-        "--preset",
-        metavar="NAME",
-        help="run an N sweep: quick (N = 2, 5, 17, 65, 257; seconds), medium or paper "
-        "(N = 2, 3, 5, ..., 257; under a minute); see the description above",
-    )
-    p.add_argument(
-        "--workers-list",
-        metavar="N1,N2,...",
-        help="the N of a sweep, e.g. 2,4,8 (replaces the preset's; alone: the paper preset's run lengths)",
-    )
-    p.add_argument(
-        "--timing",
-        default=DEFAULTS["timing"],
-        metavar="MODEL",
-        help="compute-time model: " + ", ".join(TIMINGS) + " (default normal, truncated to positive times)",
-    )
-    p.add_argument(
-        "--mean", type=float, help="mean compute time of normal, fixed, exponential, lognormal (default 1)"
-    )
-    p.add_argument(
-        "--sigma",
-        type=float,
-        help="std of --timing normal, or the std of log T for lognormal (default 0.2)",
-    )
-    p.add_argument("--low", type=float, help="lower end of --timing uniform (default 0.5)")
-    p.add_argument("--high", type=float, help="upper end of --timing uniform (default 1.5)")
-    p.add_argument(
-        "--stragglers",
-        type=float,
-        default=0.0,
-        metavar="FRACTION",
-        help="the last round(FRACTION * N) workers are --slowdown times slower (default 0)",
-    )
-    p.add_argument(
-        "--slowdown", type=float, metavar="C", help="compute-time factor of the stragglers (default 5)"
-    )
-    p.add_argument(
-        "--assignment",
-        default="pure",
-        metavar="RULE",
-        help="who gets the next job: pure (the worker that just finished; the paper), random, shuffle",
-    )
-    p.add_argument(
-        "--arrivals",
-        type=int,
-        help="arrivals recorded after the warm-up, every N (default max(20000, 100 N); presets: their own)",
-    )
-    p.add_argument(
-        "--warmup", type=int, help="arrivals discarded first, start-up included, every N (default 10 N)"
-    )
-    p.add_argument("--seed", type=int, default=0, help="PRNG seed (default 0)")
-    p.add_argument(
-        "--out",
-        help=f"output directory (default: runs/{NAME}, a sweep runs/{NAME}-<preset> or runs/{NAME}-sweep)",
-    )
+def _with_stragglers(s: dict) -> str | None:
+    return None if s["stragglers"] > 0 else "applies only with --stragglers FRACTION > 0; leave it out."
 
 
-def _positive(name: str, value: float) -> None:
-    if not (math.isfinite(value) and value > 0):
-        raise common.UsageError(f"--{name} must be a positive number, got {value}.")
+OPTIONS = (
+    study.Option("workers", int, many=True, low=1, metavar="N1,N2,...",
+                 help="the numbers of workers N (replaces the preset's; one N: a single histogram)"),
+    study.Option("timing", str, choices=LAWS,
+                 help="compute-time model: " + ", ".join(LAWS) + " (default normal, truncated to positive times)"),
+    study.Option("mean", float, above=0, applies=study.not_for("timing", ("uniform",)),
+                 help="mean compute time of normal, fixed, exponential, lognormal (default 1)"),
+    study.Option("sigma", float, low=0, applies=study.only_for("timing", ("normal", "lognormal")),
+                 help="std of --timing normal, or the std of log T for lognormal (default 0.2)"),
+    study.Option("low", float, above=0, applies=study.only_for("timing", ("uniform",)),
+                 help="lower end of --timing uniform (default 0.5)"),
+    study.Option("high", float, above=0, applies=study.only_for("timing", ("uniform",)),
+                 help="upper end of --timing uniform (default 1.5)"),
+    study.Option("stragglers", float, low=0, high=1, metavar="FRACTION",
+                 help="the last round(FRACTION * N) workers are --slowdown times slower (default 0)"),
+    study.Option("slowdown", float, above=0, metavar="C", applies=_with_stragglers,
+                 help="compute-time factor of the stragglers (default 5)"),
+    study.Option("assignment", str, choices=ASSIGNMENTS,
+                 help="who gets the next job: pure (the worker that just finished; the paper), random, shuffle"),
+    study.Option("arrivals", int, low=1, help="arrivals recorded after the warm-up, every N "
+                 "(default max(min_arrivals, arrivals_per_worker N) of the preset)"),
+    study.Option("warmup", int, low=0, help="arrivals discarded first, start-up included, every N (default 10 N)"),
+    study.Option("seed", int, help="PRNG seed (default 0)"),
+)
 
 
-def settings_from_args(args) -> dict:
-    """The single-N settings, every value checked (one-line :class:`common.UsageError`)."""
-    n = DEFAULTS["workers"] if args.workers is None else args.workers
-    if n < 1:
-        raise common.UsageError(f"--workers must be >= 1, got {n}.")
-    return _settings(args, n, SINGLE)
+def check(s: dict, given: set) -> dict:
+    if s["timing"] == "uniform":
+        low = DEFAULTS["low"] if s["low"] is None else s["low"]
+        high = DEFAULTS["high"] if s["high"] is None else s["high"]
+        if not high >= low:
+            raise common.UsageError(f"--high must be >= --low ({low}), got {high}.")
+    s = dict(s)
+    s["workers"] = sorted(s["workers"])
+    return s
 
 
-def sweep_from_args(args) -> tuple[str | None, list[dict]] | None:
-    """``(preset, settings of every N)`` of an N sweep, or ``None`` for the single-N mode.
-
-    ``--preset`` or ``--workers-list`` make a sweep; ``--workers`` with either
-    is contradictory (one-line :class:`common.UsageError`).
-    """
-    preset = args.preset
-    if preset is not None and preset not in PRESETS:
-        raise common.UsageError(f"unknown --preset {preset!r}; choose one of {', '.join(PRESETS)}.")
-    if args.workers is not None and (preset is not None or args.workers_list is not None):
-        given = "--preset" if preset is not None else "--workers-list"
-        raise common.UsageError(
-            f"--workers runs a single N and contradicts {given} (an N sweep); "
-            f"sweep with --workers-list N1,N2,... or drop {given}."
-        )
-    if preset is None and args.workers_list is None:
-        return None
-    lengths = PRESETS[preset or "paper"]
-    if args.workers_list is None:
-        ns = list(lengths["workers"])
-    else:
-        ns = sorted(set(common.parse_list(args.workers_list, int, "workers-list")))
-        if ns[0] < 1:
-            raise common.UsageError(f"--workers-list: every N must be >= 1, got {ns[0]}.")
-    return preset, [_settings(args, n, lengths) for n in ns]
-
-
-def _settings(args, n: int, lengths: dict) -> dict:
-    """The settings of one N (``lengths``: the preset giving the default number of arrivals)."""
-    model = args.timing
-    if model not in TIMINGS:
-        raise common.UsageError(f"unknown --timing {model!r}; choose one of {', '.join(TIMINGS)}.")
-    if args.assignment not in ASSIGNMENTS:
-        raise common.UsageError(
-            f"unknown --assignment {args.assignment!r}; choose one of {', '.join(ASSIGNMENTS)}."
-        )
-    uses = {"mean": model != "uniform", "sigma": model in ("normal", "lognormal"), "low": model == "uniform"}
-    uses["high"] = uses["low"]
-    for flag, used in uses.items():
-        if getattr(args, flag) is not None and not used:
-            raise common.UsageError(f"--{flag} does not apply to --timing {model}; leave it out.")
+def settings_of(s: dict, n: int) -> dict:
+    """The settings of one N: what determines its simulation (the config, with the study's name)."""
+    model = s["timing"]
     t = {"model": model}
-    if uses["mean"]:
-        t["mean"] = DEFAULTS["mean"] if args.mean is None else args.mean
-        _positive("mean", t["mean"])
-    if uses["sigma"]:
-        t["sigma"] = DEFAULTS["sigma"] if args.sigma is None else args.sigma
-        if not (math.isfinite(t["sigma"]) and t["sigma"] >= 0):
-            raise common.UsageError(f"--sigma must be >= 0, got {t['sigma']}.")
-    if uses["low"]:
-        t["low"] = DEFAULTS["low"] if args.low is None else args.low
-        t["high"] = DEFAULTS["high"] if args.high is None else args.high
-        _positive("low", t["low"])
-        if not (math.isfinite(t["high"]) and t["high"] >= t["low"]):
-            raise common.UsageError(f"--high must be >= --low ({t['low']}), got {t['high']}.")
-    fraction = args.stragglers
-    if not (0.0 <= fraction <= 1.0):
-        raise common.UsageError(f"--stragglers must be a fraction in [0, 1], got {fraction}.")
-    if fraction > 0:
-        t["stragglers"] = fraction
-        t["slowdown"] = DEFAULTS["slowdown"] if args.slowdown is None else args.slowdown
-        _positive("slowdown", t["slowdown"])
+    if model != "uniform":
+        t["mean"] = DEFAULTS["mean"] if s["mean"] is None else s["mean"]
+    if model in ("normal", "lognormal"):
+        t["sigma"] = DEFAULTS["sigma"] if s["sigma"] is None else s["sigma"]
+    if model == "uniform":
+        t["low"] = DEFAULTS["low"] if s["low"] is None else s["low"]
+        t["high"] = DEFAULTS["high"] if s["high"] is None else s["high"]
+    if s["stragglers"] > 0:
+        t["stragglers"] = s["stragglers"]
+        t["slowdown"] = DEFAULTS["slowdown"] if s["slowdown"] is None else s["slowdown"]
         # the same count as asgd_jax.timing.stragglers: the last floor(p * N + 1/2) workers
-        t["straggler_workers"] = math.floor(fraction * n + 0.5)
-    elif args.slowdown is not None:
-        raise common.UsageError("--slowdown applies only with --stragglers FRACTION > 0.")
-    if args.arrivals is None:
-        arrivals = max(lengths["min_arrivals"], lengths["arrivals_per_worker"] * n)
-    else:
-        arrivals = args.arrivals
-    if arrivals < 1:
-        raise common.UsageError(f"--arrivals must be >= 1, got {arrivals}.")
-    warmup = WARMUP_ROUNDS * n if args.warmup is None else args.warmup
-    if warmup < 0:
-        raise common.UsageError(f"--warmup must be >= 0, got {warmup}.")
-    return dict(
-        workers=n, timing=t, assignment=args.assignment, arrivals=arrivals, warmup=warmup, seed=args.seed
-    )
+        t["straggler_workers"] = math.floor(s["stragglers"] * n + 0.5)
+    arrivals = s["arrivals"] if s["arrivals"] is not None else max(s["min_arrivals"], s["arrivals_per_worker"] * n)
+    warmup = WARMUP_ROUNDS * n if s["warmup"] is None else s["warmup"]
+    return dict(workers=n, timing=t, assignment=s["assignment"], arrivals=arrivals, warmup=warmup, seed=s["seed"])
 
 
 def timing_model(t: dict):
     """The :mod:`asgd_jax.timing` model of the settings' ``timing`` entry."""
     from asgd_jax import timing
 
-    model = t["model"]
-    if model == "normal":
-        base = timing.normal(t["mean"], t["sigma"])
-    elif model == "fixed":
-        base = timing.fixed(t["mean"])
-    elif model == "exponential":
-        base = timing.exponential(t["mean"])
-    elif model == "lognormal":
-        base = timing.lognormal(t["mean"], t["sigma"])
+    if t["model"] == "uniform":
+        base = timing.uniform(t["low"], t["high"])  # its ends as given (mean ± half-width could round)
     else:
-        base = timing.uniform(t["low"], t["high"])
+        base = timing.from_name(t["model"], t["mean"], t.get("sigma", 0.0))
     if "stragglers" in t:
         return timing.stragglers(base, t["stragglers"], t["slowdown"])
     return base
@@ -344,126 +225,81 @@ def summarize(staleness: np.ndarray, s: dict) -> dict:
     )
 
 
-def run(args) -> int:
-    sweep = sweep_from_args(args)  # every check before anything compiles or is written
-    if sweep is not None:
-        return run_sweep(args, *sweep)
-    s = settings_from_args(args)
-    out = args.out or os.path.join("runs", NAME)
-    if os.path.exists(os.path.join(out, "results.jsonl")):
-        raise common.UsageError(
-            f"--out {out!r} holds an N sweep (results.jsonl) whose report.md a single-N run would "
-            "overwrite; choose another --out."
-        )
-    out = common.prepare_out_dir(out)
-    label = timing_label(s["timing"], s["workers"])
-    t0 = time.perf_counter()
-    staleness = simulate(s)
-    wall = time.perf_counter() - t0
-    summary = summarize(staleness, s)
-    summary["wall_s"] = wall
-    with open(os.path.join(out, "summary.json"), "w", encoding="utf-8") as f:
-        json.dump(common.jsonable(summary), f, indent=2)
-    np.save(os.path.join(out, "staleness.npy"), staleness)
-    n, fit = s["workers"], summary["normal_fit"]
-    plots.staleness_histogram(
-        summary["histogram"]["staleness"],
-        summary["histogram"]["count"],
-        os.path.join(out, "histogram.png"),
-        expected=n - 1,
-        mu=fit["mu"],
-        sigma=fit["sigma"],
-        title=f"Staleness of {n} asynchronous workers, compute time ~ {label}\n"
-        f"{s['assignment']} assignment, {summary['arrivals']} arrivals after a warm-up of {s['warmup']}",
-    )
-    print(f"{NAME}: {n} workers, compute time ~ {label}, {s['assignment']} assignment, seed {s['seed']}")
-    print(
-        f"  {summary['arrivals']} arrivals after {s['warmup']} warm-up: staleness mean {summary['mean']:.3f} "
-        f"(expected N - 1 = {n - 1}), std {summary['std']:.3f}, min {summary['min']}, max {summary['max']}"
-    )
-    print(f"  normal fit: mu = {fit['mu']:.3f}, sigma = {fit['sigma']:.3f}")
-    _write_text(os.path.join(out, "report.md"), single_report(summary))
-    print(
-        f"  simulated in {wall:.1f} s; wrote summary.json, histogram.png, staleness.npy, report.md to {out}"
-    )
-    return 0
+# --- the study: how the skeleton runs it ------------------------------------------------------------------
 
 
-def run_sweep(args, preset: str | None, settings: list[dict]) -> int:
-    """One simulation per N not yet in ``results.jsonl``, then the plots and ``report.md`` of all N."""
-    out = args.out or os.path.join("runs", f"{NAME}-{preset or 'sweep'}")
-    if os.path.exists(os.path.join(out, "summary.json")):
-        raise common.UsageError(
-            f"--out {out!r} holds a single-N run (summary.json) whose report.md a sweep would overwrite; "
-            "choose another --out."
-        )
-    out = common.prepare_out_dir(out)
-    results = common.ResultsFile(os.path.join(out, "results.jsonl"))
-    if results.skipped_lines:
-        print(
-            f"warning: skipped {results.skipped_lines} unreadable line(s) of {results.path} (a killed run?)"
-        )
-    configs = [{"study": NAME, **s} for s in settings]
-    todo = [(c, s) for c, s in zip(configs, settings) if not results.has(c)]
-    ns = [s["workers"] for s in settings]
-    label = timing_label(settings[-1]["timing"], ns[-1])
-    print(
-        f"{NAME}: N sweep ({preset or 'custom'}) over N = {', '.join(map(str, ns))}; compute time ~ {label}, "
-        f"{settings[0]['assignment']} assignment, seed {settings[0]['seed']}; "
-        f"{len(configs) - len(todo)} N already in {results.path}"
-    )
+def _configs(ctx) -> list[dict]:
+    return [{"study": NAME, **settings_of(ctx.settings, n)} for n in ctx.settings["workers"]]
+
+
+def _plan(ctx, configs: list[dict]) -> list[study.Unit]:
+    """One simulation per N; a single N also keeps its staleness in arrival order (``staleness.npy``)."""
     from asgd_jax.sweep import config_id
 
-    for c, s in todo:
-        t0 = time.perf_counter()
-        staleness = simulate(s)
-        summary = summarize(staleness, s)
-        summary["wall_s"] = time.perf_counter() - t0
-        results.append([{"config_id": config_id(c), **summary}])
-        print(
-            f"  N = {s['workers']:>4}: {summary['arrivals']} arrivals, mean {summary['mean']:.3f} "
-            f"(N - 1 = {s['workers'] - 1}), std {summary['std']:.3f}, min {summary['min']}, "
-            f"max {summary['max']} ({summary['wall_s']:.1f} s)"
+    def unit(c):
+        def run(_bar):
+            s = {k: v for k, v in c.items() if k != "study"}
+            t0 = time.perf_counter()
+            staleness = simulate(s)
+            summary = summarize(staleness, s)
+            summary["wall_s"] = time.perf_counter() - t0
+            if len(configs) == 1:
+                tmp = os.path.join(ctx.out, ".tmp-staleness.npy")
+                np.save(tmp, staleness)
+                os.replace(tmp, os.path.join(ctx.out, "staleness.npy"))
+            print(
+                f"  N = {s['workers']:>4}: {summary['arrivals']} arrivals, mean {summary['mean']:.3f} "
+                f"(N - 1 = {s['workers'] - 1}), std {summary['std']:.3f}, min {summary['min']}, "
+                f"max {summary['max']} ({summary['wall_s']:.1f} s)"
+            )
+            return [{"config_id": config_id(c), **summary}]
+
+        return study.Unit([c], run, f"N = {c['workers']}")
+
+    return [unit(c) for c in configs]
+
+
+def _head(ctx) -> str:
+    c = _configs(ctx)
+    return (f"(N = {', '.join(str(x['workers']) for x in c)}); compute time ~ "
+            f"{timing_label(c[-1]['timing'], c[-1]['workers'])}, {c[0]['assignment']} assignment, seed {c[0]['seed']}")
+
+
+def _finish(ctx, records) -> tuple[str, list[str]]:
+    if len(records) == 1:
+        r = records[0]
+        n, fit = r["workers"], r["normal_fit"]
+        plots.staleness_histogram(
+            r["histogram"]["staleness"], r["histogram"]["count"], ctx.figure("histogram.png"),
+            expected=n - 1, mu=fit["mu"], sigma=fit["sigma"],
+            title=f"Staleness of {n} asynchronous workers, compute time ~ {timing_label(r['timing'], n)}\n"
+            f"{r['assignment']} assignment, {r['arrivals']} arrivals after a warm-up of {r['warmup']}",
         )
-    records = results.select(configs)
+        return single_report(r), [f"  normal fit: mu = {fit['mu']:.3f}, sigma = {fit['sigma']:.3f}"]
     growth = std_growth(records)
+    ns = [r["workers"] for r in records]
     timing = records[0]["timing"]
     sigma = timing["sigma"] if _is_plain_normal(timing) else None
     title = f"Staleness of N asynchronous workers, compute time ~ {timing_label(timing, ns[-1])}"
     plots.staleness_vs_workers(
-        [r["workers"] for r in records],
-        [r["mean"] for r in records],
-        [r["std"] for r in records],
-        os.path.join(out, "mean_vs_workers.png"),
-        fit=growth["large"] or growth["all"],
-        sigma=sigma,
-        title=title
-        + f"\n{records[0]['assignment']} assignment; arrivals per N: "
+        ns, [r["mean"] for r in records], [r["std"] for r in records], ctx.figure("mean_vs_workers.png"),
+        fit=growth["large"] or growth["all"], sigma=sigma,
+        title=title + f"\n{records[0]['assignment']} assignment; arrivals per N: "
         + ", ".join(str(r["arrivals"]) for r in records),
     )
     panels = [
-        {
-            "workers": r["workers"],
-            "staleness": r["histogram"]["staleness"],
-            "count": r["histogram"]["count"],
-            "mu": r["normal_fit"]["mu"],
-            "sigma": r["normal_fit"]["sigma"],
-        }
+        {"workers": r["workers"], "staleness": r["histogram"]["staleness"], "count": r["histogram"]["count"],
+         "mu": r["normal_fit"]["mu"], "sigma": r["normal_fit"]["sigma"]}
         for r in histogram_picks(records)
     ]
-    plots.staleness_histogram_panels(panels, os.path.join(out, "histograms.png"), title=title)
-    _write_text(os.path.join(out, "report.md"), sweep_report(records, preset, growth))
-    print(markdown_table(records))
-    print(f"wrote results.jsonl, mean_vs_workers.png, histograms.png, report.md to {out}")
-    return 0
+    plots.staleness_histogram_panels(panels, ctx.figure("histograms.png"), title=title)
+    return sweep_report(records, ctx.preset, growth), [markdown_table(records)]
 
 
-def _write_text(path: str, text: str) -> None:
-    """Writes ``text`` to ``path`` whole or not at all (a temporary file renamed over it)."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+STUDY = study.Study(
+    name=NAME, help=HELP, doc=__doc__, presets=PRESETS, options=OPTIONS, configs=_configs, plan=_plan,
+    finish=_finish, check=check, head=_head, default_preset="single",
+)
 
 
 def _is_plain_normal(timing: dict) -> bool:
@@ -611,7 +447,7 @@ def sweep_report(records: list[dict], preset: str | None, growth: dict) -> str:
             spread += "."
     walls = [r.get("wall_s") for r in records]
     wall = f"{sum(walls):.1f} s" if all(w is not None for w in walls) else "not recorded"
-    lengths = f"the `{preset}` preset" if preset else "`--workers-list` with the paper preset's run lengths"
+    lengths = f"the `{preset}` preset's run lengths"
     settings = (
         f"N = {', '.join(map(str, ns))} ({lengths}); compute time ~ {timing_label(timing, ns[-1])}; "
         f"{records[0]['assignment']} assignment; seed {records[0]['seed']}. Per N, a warm-up of "

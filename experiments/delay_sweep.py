@@ -11,11 +11,9 @@ how it moves with delay) to
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
-from experiments import common, curves, plots, sources
+from experiments import curves, plots, study
 
 NAME = "delay_sweep"
 HELP = "Jain et al. Fig. 2: accuracy heatmaps over learning rate x batch size x delay (LeNet-5, SGD+momentum)"
@@ -79,67 +77,23 @@ PRESETS = {
 }
 
 
-def add_arguments(p) -> None:
-    p.add_argument(
-        "--preset",
-        choices=sorted(PRESETS),
-        default="quick",
-        help="grid and data to start from (default: quick); the options below override it",
-    )
-    p.add_argument("--data", help=sources.SOURCES_HELP)
-    p.add_argument("--data-dir", help="TFDS data directory (tfds: sources only)")
-    p.add_argument("--out", help="output directory (default: runs/delay_sweep-<preset>)")
-    p.add_argument("--learning-rates", help="comma-separated, e.g. 1e-3,1e-2")
-    p.add_argument("--batch-sizes", help="comma-separated, e.g. 64,128")
-    p.add_argument("--delays", help="comma-separated delays in steps, e.g. 0,2,8")
-    p.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--optimizer", choices=["sgd", "adam", "adagrad"])
-    p.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
-    p.add_argument("--model", choices=["lenet5", "mlp"])
-    p.add_argument(
-        "--loop",
-        choices=["auto", "step", "scan"],
-        default="auto",
-        help="scan (auto): each epoch one compiled program; step: one jitted step per call from Python",
-    )
-    p.add_argument(
-        "--chunk-size",
-        type=int,
-        help="configs vmapped per call and device (default: 2 on CPU, the whole group on GPU/TPU; 0 = whole group)",
-    )
+OPTIONS = (
+    *study.TRAINING,
+    study.Option("learning_rates", float, many=True, above=0, help="comma-separated, e.g. 1e-3,1e-2"),
+    study.Option("batch_sizes", int, many=True, low=1, help="comma-separated, e.g. 64,128"),
+    study.Option("delays", int, many=True, low=0, help="comma-separated delays in steps, e.g. 0,2,8"),
+    study.SEEDS,
+    study.EPOCHS,
+    study.Option("optimizer", str, choices=("sgd", "adam", "adagrad")),
+    study.Option("momentum", float, low=0, help="SGD momentum (default 0.9)",
+                 applies=study.only_for("optimizer", ("sgd",))),
+    study.Option("model", str, choices=("lenet5", "mlp")),
+)
 
 
-def settings_from_args(args) -> dict:
-    """The preset with the command line's overrides applied and checked."""
-    s = dict(PRESETS[args.preset])
-    if args.data is not None:
-        s["data"] = args.data
-    for flag, key, kind in (
-        ("learning_rates", "learning_rates", float),
-        ("batch_sizes", "batch_sizes", int),
-        ("delays", "delays", int),
-        ("seeds", "seeds", int),
-    ):
-        value = getattr(args, flag)
-        if value is not None:
-            s[key] = common.parse_list(value, kind, flag.replace("_", "-"))
-    for key in ("epochs", "optimizer", "momentum", "model"):
-        if getattr(args, key) is not None:
-            s[key] = getattr(args, key)
-    if s["optimizer"] != "sgd" and args.momentum is not None:
-        raise common.UsageError(
-            f"--momentum applies to --optimizer sgd only (got --optimizer {s['optimizer']})."
-        )
-    if args.chunk_size is not None and args.chunk_size < 0:
-        raise common.UsageError(f"--chunk-size must be >= 0, got {args.chunk_size}.")
-    return s
-
-
-def make_configs(s: dict, num_train: int | None = None) -> list[dict]:
-    """The study's grid as normalized configs (one-line UsageError on bad values)."""
-    from asgd_jax.sweep import expand_grid, normalize_config
-
+def make_configs(ctx) -> list[dict]:
+    """The study's grid as normalized configs, labelled with the optimizer."""
+    s = ctx.settings
     grid = {
         "data": s["data"],
         "model": s["model"],
@@ -152,26 +106,19 @@ def make_configs(s: dict, num_train: int | None = None) -> list[dict]:
     }
     if s["optimizer"] == "sgd":
         grid["momentum"] = s["momentum"]
-    try:
-        return [normalize_config(c, num_train) for c in expand_grid(grid)]
-    except ValueError as e:
-        raise common.UsageError(str(e)) from None
+    return study.training_configs([(s["optimizer"], grid)], ctx.data and ctx.data.num_train)
 
 
-def run(args) -> int:
-    s = settings_from_args(args)
-    out, dataset, records, ran, wall = common.run_study(NAME, args, s, make_configs)
-    heatmap = os.path.join(out, "heatmap.png")
+def finish(ctx, records) -> tuple[str, list[str]]:
+    s, dataset = ctx.settings, ctx.data
     plots.delay_heatmaps(
         records,
-        heatmap,
+        ctx.figure("heatmap.png"),
         title=f"{s['model']} on {s['data']}, {s['optimizer']}, {s['epochs']} epochs: final test accuracy",
     )
     stable = largest_stable(records, chance=1.0 / dataset.num_classes)
-    plot_cliff(stable, os.path.join(out, "cliff.png"), title=f"{s['model']} on {s['data']}, {s['optimizer']}")
-    text = report(s, records, stable, dataset.name)
-    print(summary_table(records))
-    return common.finish_study(out, text, ran, wall, ["heatmap.png", "cliff.png"])
+    plot_cliff(stable, ctx.figure("cliff.png"), title=f"{s['model']} on {s['data']}, {s['optimizer']}")
+    return report(s, records, stable, dataset.name), [summary_table(records)]
 
 
 CHANCE_MARGIN = 0.05
@@ -296,3 +243,8 @@ def summary_table(records) -> str:
                     cells.append(f"{v + ('†' if div[i, j] else ' '):>9}")
             lines.append("  " + f"{lr:<10.3g}" + "".join(cells))
     return "\n".join(lines)
+
+
+STUDY = study.training_study(
+    name=NAME, help=HELP, doc=__doc__, presets=PRESETS, options=OPTIONS, configs=make_configs, finish=finish
+)

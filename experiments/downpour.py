@@ -41,18 +41,15 @@ Fashion-MNIST, 3 epochs; 11.6 minutes measured on a busy 2-core CPU), ``paper`` 
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
-from experiments import async_results, common, curves, plots, sources
+from experiments import async_results, curves, plots, study
 
 NAME = "downpour"
 HELP = "Dean et al. (Downpour): SGD vs Adagrad server, warm start / gradual introduction, under stragglers"
 
 OPTIMIZERS = ("sgd", "adagrad")
 INTROS = ("none", "warm", "gradual")
-TIMINGS = ("normal", "fixed", "exponential", "lognormal")
 COLORS = {"sgd": "tab:blue", "adagrad": "tab:red", "ssgd": "tab:gray"}
 LINES = {"none": "-", "warm": "--", "gradual": ":"}
 
@@ -75,66 +72,25 @@ PRESETS = {
 }
 
 
-def add_arguments(p) -> None:
-    p.add_argument("--preset", choices=list(PRESETS), default="quick", help="default: quick")
-    p.add_argument("--data", help=sources.SOURCES_HELP)
-    p.add_argument("--data-dir", help="TFDS data directory (tfds: sources only)")
-    p.add_argument("--out", help="output directory (default: runs/downpour-<preset>)")
-    p.add_argument("--model", choices=["lenet5", "mlp"])
-    p.add_argument("--workers", type=int, help="number of workers n >= 2")
-    p.add_argument("--optimizers", help="comma-separated subset of sgd,adagrad (the server optimizer)")
-    p.add_argument("--intros", help="comma-separated subset of none,warm,gradual")
-    p.add_argument("--no-ssgd", action="store_true", help="leave out the synchronous reference")
-    p.add_argument("--sgd-learning-rates", help="comma-separated")
-    p.add_argument("--adagrad-learning-rates", help="comma-separated")
-    p.add_argument("--warm-epochs", type=float, help="warm start / introduction length W in epochs of gradients")
-    p.add_argument("--straggler-fraction", type=float, help="fraction of the workers that are stragglers")
-    p.add_argument("--straggler-slowdown", type=float, help="how many times slower a straggler is")
-    p.add_argument("--timing", help="compute-time law, mean 1: " + ", ".join(TIMINGS))
-    p.add_argument("--time-spread", type=float, help="std of normal / sigma of lognormal (default 0.2)")
-    p.add_argument("--momentum", type=float, help="momentum of the SGD server (default 0)")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--seeds", help="comma-separated seeds")
-    p.add_argument("--loop", choices=["auto", "step", "scan"], default="auto")
-    p.add_argument("--chunk-size", type=int, help="configs vmapped per call and device (default: 2 on CPU)")
-
-
-def _names(text: str, allowed, what: str) -> list[str]:
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    bad = [t for t in items if t not in allowed]
-    if bad or not items:
-        raise common.UsageError(f"unknown {what} {bad[0] if bad else ''!r}; choose from {', '.join(allowed)}.")
-    return items
-
-
-def settings_from_args(args) -> dict:
-    """The preset with the command line's overrides, checked (one-line UsageError)."""
-    s = dict(PRESETS[args.preset])
-    for key in ("sgd_learning_rates", "adagrad_learning_rates", "seeds"):
-        if getattr(args, key, None) is not None:
-            s[key] = common.parse_list(getattr(args, key), int if key == "seeds" else float, key.replace("_", "-"))
-    for key in ("data", "model", "workers", "warm_epochs", "straggler_fraction", "straggler_slowdown", "timing",
-                "time_spread", "momentum", "batch_size", "epochs"):
-        if getattr(args, key, None) is not None:
-            s[key] = getattr(args, key)
-    if getattr(args, "optimizers", None) is not None:
-        s["optimizers"] = _names(args.optimizers, OPTIMIZERS, "optimizer")
-    if getattr(args, "intros", None) is not None:
-        s["intros"] = _names(args.intros, INTROS, "intro")
-    if getattr(args, "no_ssgd", False):
-        s["ssgd"] = False
-    check_settings(s)
-    return s
-
-
-def check_settings(s: dict) -> None:
-    if s["workers"] < 2:
-        raise common.UsageError(f"--workers must be >= 2 (Downpour needs several replicas), got {s['workers']}.")
-    if not s["warm_epochs"] > 0:
-        raise common.UsageError(f"--warm-epochs must be > 0, got {s['warm_epochs']}.")
-    if s["timing"] not in TIMINGS:
-        raise common.UsageError(f"unknown timing {s['timing']!r}; choose one of {', '.join(TIMINGS)}.")
+OPTIONS = (
+    *study.TRAINING,
+    study.Option("model", str, choices=("lenet5", "mlp")),
+    study.Option("workers", int, low=2, help="number of workers n >= 2 (Downpour needs several replicas)"),
+    study.Option("optimizers", str, many=True, choices=OPTIMIZERS,
+                 help="comma-separated subset of sgd,adagrad (the server optimizer)"),
+    study.Option("intros", str, many=True, choices=INTROS, help="comma-separated subset of none,warm,gradual"),
+    study.Option("ssgd", bool, store=False, flag="--no-ssgd", help="leave out the synchronous reference"),
+    study.Option("sgd_learning_rates", float, many=True, above=0, help="comma-separated"),
+    study.Option("adagrad_learning_rates", float, many=True, above=0, help="comma-separated"),
+    study.Option("warm_epochs", float, above=0, help="warm start / introduction length W in epochs of gradients"),
+    study.Option("straggler_fraction", float, low=0, high=1, help="fraction of the workers that are stragglers"),
+    study.Option("straggler_slowdown", float, above=0, help="how many times slower a straggler is"),
+    *study.timing_options("std of normal / sigma of lognormal / half-width of uniform (default 0.2)"),
+    study.Option("momentum", float, low=0, help="momentum of the SGD server (default 0)"),
+    study.Option("batch_size", int, low=1),
+    study.EPOCHS,
+    study.SEEDS,
+)
 
 
 def intro_steps(s: dict, num_train: int | None) -> int:
@@ -156,9 +112,13 @@ def intro_hparams(intro: str, workers: int, w: int) -> dict:
     return {"initial_workers": 1, "add_workers": 1, "add_every": max(1, w // (workers - 1))}
 
 
-def make_configs(s: dict, num_train: int | None = None) -> list[dict]:
-    """Per server optimizer and introduction its learning rates, then SSGD (SGD) as the synchronous reference."""
-    check_settings(s)
+def make_configs(ctx) -> list[dict]:
+    """Per server optimizer and introduction its learning rates, then SSGD (SGD) as the synchronous reference.
+
+    Labels: the optimizer, with ``+warm`` / ``+gradual`` when workers are introduced over time; ``ssgd``.
+    """
+    s = ctx.settings
+    num_train = ctx.data and ctx.data.num_train
     w = intro_steps(s, num_train)
     base = {
         "data": s["data"], "model": s["model"], "epochs": s["epochs"], "batch_size": s["batch_size"],
@@ -170,21 +130,13 @@ def make_configs(s: dict, num_train: int | None = None) -> list[dict]:
     for opt in s["optimizers"]:
         extra = {"momentum": s["momentum"]} if opt == "sgd" else {}
         for intro in s["intros"]:
-            grids.append({**base, "optimizer": opt, **extra, "learning_rate": s[f"{opt}_learning_rates"],
-                          **intro_hparams(intro, s["workers"], w)})
+            grids.append((opt + ("" if intro == "none" else f"+{intro}"),
+                          {**base, "optimizer": opt, **extra, "learning_rate": s[f"{opt}_learning_rates"],
+                           **intro_hparams(intro, s["workers"], w)}))
     if s["ssgd"]:
-        grids.append({**base, "optimizer": "sgd", "momentum": s["momentum"], "server_rule": "sync",
-                      "learning_rate": s["sgd_learning_rates"]})
-    return common.configs_from_grids(grids, num_train)
-
-
-def method_of(r: dict) -> str:
-    """``ssgd``, or the optimizer with ``+warm`` / ``+gradual`` when workers are introduced over time."""
-    if r.get("server_rule") == "sync":
-        return "ssgd"
-    if r.get("initial_workers", 0) in (0, r["workers"]):
-        return r["optimizer"]
-    return r["optimizer"] + ("+warm" if r["add_workers"] == r["workers"] - 1 else "+gradual")
+        grids.append(("ssgd", {**base, "optimizer": "sgd", "momentum": s["momentum"], "server_rule": "sync",
+                               "learning_rate": s["sgd_learning_rates"]}))
+    return study.training_configs(grids, num_train)
 
 
 def methods_of(s: dict) -> list[str]:
@@ -294,7 +246,7 @@ def findings(s: dict, best: dict, methods: list[str], budget: float | None) -> l
     return lines
 
 
-def plot(out: str, s: dict, best: dict, methods: list[str], dataset_name: str) -> list[str]:
+def plot(ctx, s: dict, best: dict, methods: list[str], dataset_name: str) -> None:
     by_epoch, by_time = [], []
     for m in methods:
         b = best.get(("all", m))
@@ -304,9 +256,9 @@ def plot(out: str, s: dict, best: dict, methods: list[str], dataset_name: str) -
         by_epoch.append(dict(label=label, x=list(range(1, len(b["acc"]) + 1)), y=b["acc"], **_style(m)))
         by_time.append(dict(label=label, x=b["time"], y=b["acc"], **_style(m)))
     title = f"Downpour: {s['model']} on {dataset_name}, n = {s['workers']} with stragglers"
-    plots.accuracy_panels({"against epochs": by_epoch}, os.path.join(out, "accuracy_vs_epoch.png"),
+    plots.accuracy_panels({"against epochs": by_epoch}, ctx.figure("accuracy_vs_epoch.png"),
                           xlabel="epoch (gradients / steps per epoch)", title=title)
-    plots.accuracy_panels({"against simulated time": by_time}, os.path.join(out, "accuracy_vs_time.png"),
+    plots.accuracy_panels({"against simulated time": by_time}, ctx.figure("accuracy_vs_time.png"),
                           xlabel="simulated time (mean fast-worker gradient times)", title=title)
     values = {}
     for m in methods:
@@ -317,16 +269,18 @@ def plot(out: str, s: dict, best: dict, methods: list[str], dataset_name: str) -
         values[("best lr", m)], values[("worst lr", m)] = hi, lo
     finals = [v for v in values.values() if v is not None]
     low = max(0.0, min(finals) - 0.05) if finals else 0.0
-    plots.grouped_bars(["best lr", "worst lr"], methods, values, os.path.join(out, "best_per_method.png"),
+    plots.grouped_bars(["best lr", "worst lr"], methods, values, ctx.figure("best_per_method.png"),
                        ylabel="final test accuracy", title=title, ylim=(low, 1.0))
-    return ["accuracy_vs_epoch.png", "accuracy_vs_time.png", "best_per_method.png"]
 
 
-def run(args) -> int:
-    s = settings_from_args(args)
-    out, dataset, records, ran, wall = common.run_study(NAME, args, s, make_configs)
-    best = async_results.best_settings(records, lambda r: "all", method_of, lambda r: (r["learning_rate"],))
+def finish(ctx, records) -> tuple[str, list[str]]:
+    s = ctx.settings
+    best = async_results.best_settings(records, lambda r: "all", lambda r: (r["learning_rate"],))
     methods = methods_of(s)
-    figures = plot(out, s, best, methods, dataset.name)
-    text = report(s, best, methods, dataset.name, intro_steps(s, dataset.num_train))
-    return common.finish_study(out, text, ran, wall, figures)
+    plot(ctx, s, best, methods, ctx.data.name)
+    return report(s, best, methods, ctx.data.name, intro_steps(s, ctx.data.num_train)), []
+
+
+STUDY = study.training_study(
+    name=NAME, help=HELP, doc=__doc__, presets=PRESETS, options=OPTIONS, configs=make_configs, finish=finish
+)

@@ -16,9 +16,8 @@ configs.
 from __future__ import annotations
 
 import math
-import os
 
-from experiments import common, curves, sources
+from experiments import curves, study
 
 NAME = "warmup"
 HELP = "Jain et al.: linear learning-rate warm-up under delay, and when its benefit fades"
@@ -69,38 +68,25 @@ PRESETS = {
 }
 
 
-def add_arguments(p) -> None:
-    p.add_argument("--preset", choices=sorted(PRESETS), default="quick", help="default: quick")
-    p.add_argument("--data", help=sources.SOURCES_HELP)
-    p.add_argument("--data-dir", help="TFDS data directory (tfds: sources only)")
-    p.add_argument("--out", help="output directory (default: runs/warmup-<preset>)")
-    p.add_argument("--delay", type=int, help="delay in steps")
-    p.add_argument("--learning-rates", help="comma-separated")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--warmup-epochs", help="comma-separated warm-up lengths in epochs (0: none), e.g. 0,1,3")
-    p.add_argument("--seeds", help="comma-separated seeds")
-    p.add_argument("--loop", choices=["auto", "step", "scan"], default="auto")
-    p.add_argument("--chunk-size", type=int, help="configs vmapped per call and device (default: 2 on CPU, the whole group elsewhere)")
+OPTIONS = (
+    *study.TRAINING,
+    study.Option("delay", int, low=0, help="delay in steps"),
+    study.Option("learning_rates", float, many=True, above=0, help="comma-separated"),
+    study.Option("batch_size", int, low=1),
+    study.EPOCHS,
+    study.Option("warmup_epochs", float, many=True, low=0,
+                 help="comma-separated warm-up lengths in epochs (0: none), e.g. 0,1,3"),
+    study.SEEDS,
+)
 
 
-def settings_from_args(args) -> dict:
-    s = dict(PRESETS[args.preset])
-    for key, kind in (("learning_rates", float), ("warmup_epochs", float), ("seeds", int)):
-        if getattr(args, key) is not None:
-            s[key] = common.parse_list(getattr(args, key), kind, key.replace("_", "-"))
-    for key in ("data", "delay", "batch_size", "epochs"):
-        if getattr(args, key) is not None:
-            s[key] = getattr(args, key)
-    if any(w < 0 for w in s["warmup_epochs"]):
-        raise common.UsageError("--warmup-epochs must be >= 0 (0: no warm-up).")
-    return s
+def make_configs(ctx) -> list[dict]:
+    """Delayed runs for every (learning rate, warm-up), plus each learning rate without delay or warm-up.
 
-
-def make_configs(s: dict, num_train: int | None = None) -> list[dict]:
-    """Delayed runs for every (learning rate, warm-up), plus each learning rate without delay or warm-up."""
-    from asgd_jax.sweep import expand_grid, normalize_config
-
+    Labels: ``no-delay`` (the reference), ``warmup-<W>`` (W epochs of warm-up at the delay).
+    """
+    s = ctx.settings
+    num_train = ctx.data and ctx.data.num_train
     steps_per_epoch = (num_train // s["batch_size"]) if num_train and s["batch_size"] > 0 else 1
     base = {
         "data": s["data"],
@@ -112,18 +98,13 @@ def make_configs(s: dict, num_train: int | None = None) -> list[dict]:
         "learning_rate": s["learning_rates"],
         "seed": s["seeds"],
     }
-    raw = expand_grid({**base, "delay": 0, "warmup_steps": 0})
-    raw += expand_grid(
-        {
-            **base,
-            "delay": s["delay"],
-            "warmup_steps": sorted({int(round(w * steps_per_epoch)) for w in s["warmup_epochs"]}),
-        }
-    )
-    try:
-        return [normalize_config(c, num_train) for c in raw]
-    except ValueError as e:
-        raise common.UsageError(str(e)) from None
+    epochs_of = {}
+    for w in s["warmup_epochs"]:
+        epochs_of.setdefault(int(round(w * steps_per_epoch)), w)
+    delayed = {**base, "delay": s["delay"], "warmup_steps": sorted(epochs_of)}
+    grids = [("no-delay", {**base, "delay": 0, "warmup_steps": 0}),
+             (lambda c: f"warmup-{epochs_of[c['warmup_steps']]:g}", delayed)]
+    return study.training_configs(grids, num_train)
 
 
 def summarize(records: list[dict], steps_per_epoch: int) -> list[dict]:
@@ -211,10 +192,9 @@ def report(s: dict, rows: list[dict], dataset_name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(args) -> int:
-    s = settings_from_args(args)
-    out, dataset, records, ran, wall = common.run_study(NAME, args, s, make_configs)
-    steps_per_epoch = dataset.num_train // s["batch_size"]
+def finish(ctx, records) -> tuple[str, list[str]]:
+    s = ctx.settings
+    steps_per_epoch = ctx.data.num_train // s["batch_size"]
     rows = summarize(records, steps_per_epoch)
     panels, vlines = {}, {}
     for lr in sorted({r["learning_rate"] for r in records}):
@@ -227,16 +207,20 @@ def run(args) -> int:
             )
         ):
             w = r["warmup_steps"] / steps_per_epoch
-            label = "no delay" if r["delay"] == 0 else f"delay {r['delay']}, warm-up {w:g} ep"
-            style = dict(color="black", linestyle="--") if r["delay"] == 0 else dict(color=f"C{k}")
+            label = "no delay" if r["method"] == "no-delay" else f"delay {r['delay']}, warm-up {w:g} ep"
+            style = dict(color="black", linestyle="--") if r["method"] == "no-delay" else dict(color=f"C{k}")
             panels[name].append((label, r["test_accuracy_per_epoch"], style))
             if r["warmup_steps"]:
                 vlines[name].append(w)
     curves.accuracy_curves(
         panels,
-        os.path.join(out, "curves.png"),
+        ctx.figure("curves.png"),
         vlines=vlines,
         title=f"LeNet-5 on {s['data']}, SGD momentum 0.9, delay {s['delay']}: warm-up lengths",
     )
-    text = report(s, rows, dataset.name)
-    return common.finish_study(out, text, ran, wall, ["curves.png"])
+    return report(s, rows, ctx.data.name), []
+
+
+STUDY = study.training_study(
+    name=NAME, help=HELP, doc=__doc__, presets=PRESETS, options=OPTIONS, configs=make_configs, finish=finish
+)

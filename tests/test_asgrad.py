@@ -148,18 +148,19 @@ def test_libsvm_data_through_the_study(tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv, match",
     [
-        (["--methods", "pure,hogwild"], "unknown --methods hogwild"),
-        (["--iterations", "100", "--evals", "7"], "--evals must be >= 1 and divide --iterations"),
+        (["--methods", "pure,hogwild"], "--methods (each value): unknown 'hogwild'"),
+        (["--iterations", "100", "--evals", "7"], "--evals must divide --iterations"),
         (["--speeds", "1,2"], "--speeds has 2 values for 10 workers"),
-        (["--split", "sorted"], "unknown --split 'sorted'"),
+        (["--split", "sorted"], "--split: unknown 'sorted'"),
         (["--dirichlet-alpha", "0.5"], "--dirichlet-alpha applies only to --split dirichlet"),
         (["--split", "dirichlet", "--dirichlet-alpha", "0"], "--dirichlet-alpha must be > 0"),
         (["--data", "libsvm:/no/such/file"], "no such file /no/such/file"),
         (["--data", "synthetic:1"], "synthetic:<alpha>,<beta>"),
         (["--data", "csv:x"], "unknown source"),
-        (["--timing", "fixed", "--sigma", "1"], "--sigma does not apply to --timing fixed"),
-        (["--step-sizes", "0.5,-1"], "--step-sizes must all be > 0"),
-        (["--label-noise", "2"], "--label-noise must be a probability"),
+        (["--timing", "fixed", "--sigma", "1"], "--sigma applies only to --timing normal/lognormal (got fixed)"),
+        (["--step-sizes", "0.5,-1"], "--step-sizes (each value) must be > 0"),
+        (["--step-sizes", "0.5,0.25,0.5"], "'0.5' is given twice"),
+        (["--label-noise", "2"], "--label-noise must be <= 1"),
         (["--iterations", "5"], "--iterations must be >= --workers"),
     ],
 )
@@ -175,3 +176,14 @@ def test_libsvm_only_options(tmp_path, capsys):
     path.write_text("1 1:1\n-1 2:1\n1 1:2\n-1 2:2\n")
     assert main(["asgrad", "--data", f"libsvm:{path}", "--dim", "3", "--out", str(tmp_path / "o")]) == 2
     assert "--dim applies only to synthetic data" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("law", ["fixed", "exponential"])
+def test_timing_laws_without_a_spread_run(tmp_path, law):
+    out = tmp_path / law
+    argv = ["asgrad", "--preset", "tiny", "--timing", law, "--methods", "pure", "--step-sizes", "0.5",
+            "--out", str(out)]
+    assert main(argv) == 0
+    (r,) = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert r["timing"] == {"model": law} and r["arrivals"] > 0
+    assert r["shares"][0] > r["shares"][-1]  # pure: the fastest worker (s_1 = 1) supplies the most updates

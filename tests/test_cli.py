@@ -50,13 +50,17 @@ def _error_line(capsys, argv):
     [
         (["--data", "nonsense"], "unknown data source"),
         (["--data", "idx:/definitely/not/here"], "does not exist"),
-        (["--delays", "0,-1"], "delay must be a non-negative"),
-        (["--learning-rates", "0.1,0"], "learning_rate must be a positive"),
+        (["--delays", "0,-1"], "--delays (each value) must be >= 0"),
+        (["--learning-rates", "0.1,0"], "--learning-rates (each value) must be > 0"),
         (["--learning-rates", "abc"], "is not a number"),
-        (["--batch-sizes", "0"], "batch_size must be a positive"),
+        (["--learning-rates", "0.1,nan"], "'nan' is not a finite number"),
+        (["--learning-rates", "0.1,,0.2"], "has an empty item"),
+        (["--learning-rates", "0.1,0.2,0.1"], "'0.1' is given twice"),
+        (["--batch-sizes", "0"], "--batch-sizes (each value) must be >= 1"),
         (["--batch-sizes", "5000"], "larger than the training set"),
-        (["--epochs", "0"], "epochs must be a positive"),
-        (["--optimizer", "adam", "--momentum", "0.5"], "--momentum applies to --optimizer sgd only"),
+        (["--epochs", "0"], "--epochs must be >= 1"),
+        (["--chunk-size", "-1"], "--chunk-size must be >= 0"),
+        (["--optimizer", "adam", "--momentum", "0.5"], "--momentum applies only to --optimizer sgd (got adam)"),
     ],
 )
 def test_bad_input_one_line_error(capsys, tmp_path, argv, match):
@@ -88,11 +92,9 @@ def test_tiny_study_end_to_end_and_resume(capsys, tmp_path):
     lines = (out / "results.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
     assert len(records) == 4  # 2 learning rates x 1 batch size x 2 delays
-    assert (out / "heatmap.png").stat().st_size > 10_000
-    assert (out / "cliff.png").stat().st_size > 5_000
-    report = (out / "report.md").read_text()
-    assert "Largest learning rate that did not fail (diverge, or end within 0.05 of chance" in report
+    assert (out / "heatmap.png").exists() and (out / "cliff.png").exists() and (out / "report.md").exists()
     assert json.loads((out / "study.json").read_text())["num_configs"] == 4
+    assert not list(out.glob(".tmp-*"))  # figures written whole, then renamed into place
     required = {
         "config_id",
         "data",
@@ -117,6 +119,9 @@ def test_tiny_study_end_to_end_and_resume(capsys, tmp_path):
     by_lr = {(r["learning_rate"], r["delay"]): r for r in records}
     assert by_lr[(10.0, 0)]["diverged"] and by_lr[(10.0, 1)]["diverged"]
     assert not by_lr[(0.01, 0)]["diverged"]
+    from experiments import delay_sweep
+
+    assert delay_sweep.largest_stable(records, chance=0.1) == {(0, 128): 0.01, (1, 128): 0.01}
     capsys.readouterr()
 
     # The same command again: nothing to run, nothing rewritten.

@@ -16,6 +16,7 @@ import json
 import numpy as np
 import pytest
 
+from experiments import delay_distribution as dd
 from experiments.__main__ import main
 
 SUMMARY_KEYS = {
@@ -38,7 +39,7 @@ SUMMARY_KEYS = {
 def run_study(tmp_path, *argv):
     out = tmp_path / "out"
     assert main(["delay_distribution", "--out", str(out), *argv]) == 0
-    summary = json.loads((out / "summary.json").read_text())
+    (summary,) = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     return summary, np.load(out / "staleness.npy"), out
 
 
@@ -147,18 +148,18 @@ def test_random_times_match_an_independent_monte_carlo(tmp_path, argv, draw, tol
 @pytest.mark.parametrize(
     "argv, match",
     [
-        (["--workers", "0"], "--workers must be >= 1"),
-        (["--workers", "-3"], "--workers must be >= 1"),
+        (["--workers", "0"], "--workers (each value) must be >= 1"),
+        (["--workers", "-3"], "--workers (each value) must be >= 1"),
         (["--sigma", "-0.1"], "--sigma must be >= 0"),
-        (["--timing", "gamma"], "unknown --timing 'gamma'; choose one of normal"),
-        (["--assignment", "lifo"], "unknown --assignment 'lifo'"),
+        (["--timing", "gamma"], "--timing: unknown 'gamma'; choose from fixed, normal"),
+        (["--assignment", "lifo"], "--assignment: unknown 'lifo'"),
         (["--arrivals", "0"], "--arrivals must be >= 1"),
         (["--warmup", "-1"], "--warmup must be >= 0"),
-        (["--mean", "0"], "--mean must be a positive number"),
-        (["--timing", "fixed", "--sigma", "0.3"], "--sigma does not apply to --timing fixed"),
-        (["--low", "0.5"], "--low does not apply to --timing normal"),
+        (["--mean", "0"], "--mean must be > 0"),
+        (["--timing", "fixed", "--sigma", "0.3"], "--sigma applies only to --timing normal/lognormal (got fixed)"),
+        (["--low", "0.5"], "--low applies only to --timing uniform (got normal)"),
         (["--timing", "uniform", "--low", "2", "--high", "1"], "--high must be >= --low"),
-        (["--stragglers", "1.5"], "--stragglers must be a fraction in [0, 1]"),
+        (["--stragglers", "1.5"], "--stragglers must be <= 1"),
         (["--slowdown", "3"], "--slowdown applies only with --stragglers"),
     ],
 )
@@ -192,8 +193,8 @@ def run_sweep(out, *argv):
 
 def test_sweep_writes_results_plots_report_and_reruns_safely(tmp_path, capsys):
     out = tmp_path / "sweep"
-    # a quick-like sweep with tiny runs; N listed out of order and twice: sorted, duplicates dropped
-    lines, records = run_sweep(out, "--preset", "quick", "--workers-list", "3,2,3", "--arrivals", "200")
+    # a quick-like sweep with tiny runs; N listed out of order: sorted
+    lines, records = run_sweep(out, "--preset", "quick", "--workers", "3,2", "--arrivals", "200")
     assert [r["workers"] for r in records] == [2, 3]
     for r in records:
         assert RECORD_KEYS <= set(r)
@@ -204,21 +205,16 @@ def test_sweep_writes_results_plots_report_and_reruns_safely(tmp_path, capsys):
         assert abs(r["mean"] - (n - 1)) < 0.1  # N jobs in flight: the mean is N - 1 up to a boundary term
     for png in ("mean_vs_workers.png", "histograms.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    report = (out / "report.md").read_text()
-    assert "close to normal, centred at N − 1" in report and "quick" in report
-    rows = [line for line in report.splitlines() if line.startswith("| ") and line[2].isdigit()]
-    assert [row.split("|")[1].strip() for row in rows] == ["2", "3"]
-    worst = max(records, key=lambda r: abs(r["mean"] - (r["workers"] - 1)))
-    assert f"is {abs(worst['mean'] - (worst['workers'] - 1)):.4f}, at N = {worst['workers']}" in report
-    assert not (out / "summary.json").exists() and not (out / "staleness.npy").exists()
+    growth = dd.std_growth(records)
+    assert growth["large"] is None and growth["all"]["workers"] == [2, 3]
+    assert not (out / "staleness.npy").exists()  # kept for a single N only
     capsys.readouterr()
 
     # A rerun grown by one N simulates only that N and rewrites no line.
-    grown, records = run_sweep(out, "--preset", "quick", "--workers-list", "2,3,5", "--arrivals", "200")
-    assert "2 N already in" in capsys.readouterr().out
+    grown, records = run_sweep(out, "--preset", "quick", "--workers", "2,3,5", "--arrivals", "200")
+    assert "2 already in" in capsys.readouterr().out
     assert grown[:2] == lines and [r["workers"] for r in records] == [2, 3, 5]
-    rows = [line for line in (out / "report.md").read_text().splitlines() if line.startswith("| 5 |")]
-    assert len(rows) == 1
+    assert json.loads((out / "study.json").read_text())["settings"]["workers"] == [2, 3, 5]
 
 
 def test_sweep_fixed_times_mean_exactly_n_minus_1(tmp_path):
@@ -226,56 +222,37 @@ def test_sweep_fixed_times_mean_exactly_n_minus_1(tmp_path):
     # start-up every arrival has seen each of the other N - 1 workers arrive exactly once, so every N has
     # mean N - 1, std 0, min = max = N - 1. N = 1: always 0.
     out = tmp_path / "fixed"
-    _, records = run_sweep(out, "--workers-list", "1,2,4", "--timing", "fixed", "--arrivals", "50")
+    _, records = run_sweep(out, "--workers", "1,2,4", "--timing", "fixed", "--arrivals", "50")
     for r, n in zip(records, [1, 2, 4], strict=True):
         assert (r["workers"], r["mean"], r["std"], r["min"], r["max"]) == (n, n - 1, 0.0, n - 1, n - 1)
         assert r["histogram"] == {"staleness": [n - 1], "count": [50]}
         assert r["skewness"] is None and r["excess_kurtosis"] is None  # undefined without spread
-    report = (out / "report.md").read_text()
-    assert "the largest abs(mean − (N − 1)) is 0.0000" in report
-    assert "These settings differ from the paper's" in report and "fixed 1" in report
     assert (out / "mean_vs_workers.png").exists() and (out / "histograms.png").exists()
 
 
 def test_presets_n_and_run_lengths():
-    from experiments import delay_distribution as dd
-
     assert dd.PRESETS["paper"]["workers"] == [2**k + 1 for k in range(9)]  # N - 1 = 1 ... 256
-    args = dd_args(preset="paper")
-    preset, settings = dd.sweep_from_args(args)
-    assert preset == "paper"
-    assert [(s["workers"], s["arrivals"], s["warmup"]) for s in settings][::4] == [
+    paper = [dd.settings_of(dd.PRESETS["paper"], n) for n in dd.PRESETS["paper"]["workers"]]
+    assert [(s["workers"], s["arrivals"], s["warmup"]) for s in paper][::4] == [
         (2, 20000, 20),
         (17, 20000, 170),
         (257, 25700, 2570),
     ]
-    assert settings[0]["timing"] == {"model": "normal", "mean": 1.0, "sigma": 0.2}
-    _, medium = dd.sweep_from_args(dd_args(preset="medium"))
-    _, quick = dd.sweep_from_args(dd_args(preset="quick"))
-    assert [s["arrivals"] for s in medium][-1] == 12850 and len(quick) == 5
-    assert dd.sweep_from_args(dd_args()) is None  # no --preset, no --workers-list: single-N mode
-
-
-def dd_args(**given):
-    from experiments.__main__ import build_parser
-
-    argv = ["delay_distribution"]
-    for k, v in given.items():
-        argv += ["--" + k.replace("_", "-"), str(v)]
-    return build_parser().parse_args(argv)
+    assert paper[0]["timing"] == {"model": "normal", "mean": 1.0, "sigma": 0.2}
+    assert dd.settings_of(dd.PRESETS["medium"], 257)["arrivals"] == 12850 and len(dd.PRESETS["quick"]["workers"]) == 5
+    assert dd.STUDY.default_preset == "single" and dd.PRESETS["single"]["workers"] == [16]
 
 
 @pytest.mark.parametrize(
     "argv, match",
     [
-        (["--workers-list", "0,3"], "--workers-list: every N must be >= 1, got 0"),
-        (["--workers-list", "2,x"], "--workers-list: 'x' is not an integer"),
-        (["--workers-list", ","], "--workers-list needs at least one value"),
-        (["--preset", "huge"], "unknown --preset 'huge'; choose one of quick, medium, paper"),
-        (["--preset", "quick", "--workers", "8"], "--workers runs a single N and contradicts --preset"),
-        (["--workers", "8", "--workers-list", "2,4"], "contradicts --workers-list"),
+        (["--workers", "0,3"], "--workers (each value) must be >= 1, got 0"),
+        (["--workers", "2,x"], "--workers (each value): 'x' is not an integer"),
+        (["--workers", ","], "--workers needs at least one value"),
+        (["--workers", "2,,4"], "has an empty item"),
+        (["--workers", "2,4,2"], "'2' is given twice"),
         (["--preset", "quick", "--arrivals", "0"], "--arrivals must be >= 1"),
-        (["--workers-list", "2", "--timing", "fixed", "--sigma", "0.1"], "--sigma does not apply"),
+        (["--workers", "2", "--timing", "fixed", "--sigma", "0.1"], "--sigma applies only to"),
     ],
 )
 def test_sweep_bad_input_one_line_error(tmp_path, capsys, argv, match):
@@ -288,22 +265,8 @@ def test_sweep_bad_input_one_line_error(tmp_path, capsys, argv, match):
     assert not out.exists()
 
 
-def test_modes_do_not_share_an_out_directory(tmp_path, capsys):
-    # Both modes write report.md: neither may overwrite the other's.
-    (tmp_path / "single").mkdir()
-    (tmp_path / "single" / "summary.json").write_text("{}")
-    (tmp_path / "sweep").mkdir()
-    (tmp_path / "sweep" / "results.jsonl").write_text("")
-    assert main(["delay_distribution", "--out", str(tmp_path / "single"), "--workers-list", "2"]) == 2
-    assert "holds a single-N run (summary.json)" in capsys.readouterr().err
-    assert main(["delay_distribution", "--out", str(tmp_path / "sweep"), "--workers", "2"]) == 2
-    assert "holds an N sweep (results.jsonl)" in capsys.readouterr().err
-    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["results.jsonl", "summary.json"]
-
-
 def test_single_n_report(tmp_path):
     summary, _, out = run_study(tmp_path, "--workers", "3", "--timing", "fixed", "--arrivals", "30")
-    report = (out / "report.md").read_text()
-    assert "mean 2.0000 against N − 1 = 2, abs(mean − (N − 1)) = 0.0000" in report
-    assert "| 3 | 30 | 2.000 | 2 | 0.0000 | 0.000 |" in report
+    assert (summary["mean"], summary["std"], summary["arrivals"]) == (2.0, 0.0, 30)
     assert summary["skewness"] is None  # std 0: no shape
+    assert (out / "histogram.png").exists() and (out / "report.md").exists()

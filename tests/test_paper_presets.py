@@ -6,6 +6,7 @@ model, optimizer, batch size, maximum delay), then runs one epoch through the GP
 """
 
 import dataclasses
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -26,8 +27,9 @@ def _paper_configs(study):
     from experiments import adam_vs_sgd, delay_sweep, warmup
 
     module = {"delay_sweep": delay_sweep, "adam_vs_sgd": adam_vs_sgd, "warmup": warmup}[study]
-    settings = dict(module.PRESETS["paper"])
-    return module.make_configs(settings, num_train=60000)  # the real MNIST training-set size
+    ctx = SimpleNamespace(settings=dict(module.PRESETS["paper"]), data=SimpleNamespace(num_train=60000))
+    # the real MNIST training-set size; the library's configs are the study's without their method labels
+    return [{k: v for k, v in c.items() if k != "method"} for c in module.make_configs(ctx)]
 
 
 # delay_sweep: one group per batch size (64 ... 1024). adam_vs_sgd: SGD at batch 64, and Adam at batches
