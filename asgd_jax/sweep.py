@@ -419,8 +419,8 @@ def run_chunk(
             r["server_steps_per_epoch"] = [int(v) for v in metrics["server_steps"][i]]
         if "per_class_accuracy" in metrics:  # per-worker data: accuracy per class, server steps per worker
             r["per_class_accuracy"] = [_finite_or_none(v) for v in metrics["per_class_accuracy"][i, -1]]
-        if "worker_steps" in metrics:
-            r["worker_steps"] = [int(v) for v in metrics["worker_steps"][i, -1]]
+        if "worker_gradients" in metrics:
+            r["worker_gradients"] = [int(v) for v in metrics["worker_gradients"][i, -1]]
         r["seconds"] = seconds
         results.append(r)
     return results

@@ -28,7 +28,8 @@ from asgd_jax import problems
 from asgd_jax import timing as timing_lib
 from asgd_jax.delay import delayed
 from asgd_jax.models import make_model
-from asgd_jax.simulator import ASSIGNMENTS, COMPENSATIONS, SERVER_RULES, _event_state, asynchronous, next_worker
+from asgd_jax.simulator import (ASSIGNMENTS, COMPENSATIONS, SERVER_RULES, SimState, _event_state, asynchronous,
+                                next_worker)
 
 __all__ = [
     "OPTIMIZERS",
@@ -141,8 +142,9 @@ class TrainConfig:
             (which must then equal ``max_workers``) and every gradient is
             taken on a batch of the shard of :func:`asgd_jax.next_worker`.
             Each worker walks through its own shard in an order reshuffled
-            every epoch. Adds ``per_class_accuracy`` and (async)
-            ``worker_steps`` to the metrics.
+            every epoch. Adds ``per_class_accuracy`` and ``worker_gradients``
+            (per worker, the gradients an asynchronous server used, i.e. did
+            not drop) to the metrics.
         split_alpha: the Dirichlet concentration of ``data_split="dirichlet"``.
         worker_times: per-worker factors on the compute time (one per worker up
             to ``max_workers``; :func:`asgd_jax.timing.per_worker`): with a law
@@ -260,7 +262,7 @@ class TrainState(NamedTuple):
     diverged: jax.Array  # bool: nonfinite, or the model collapsed at an epoch end
     hparams: Any = None  # dict of the config's traced hyperparameters (the system is rebuilt from them)
     cursor: Any = None  # int32[workers]: with a data_split, each worker's position in its shard order
-    worker_steps: Any = None  # int32[workers]: with a data_split (async), server steps per arriving worker
+    worker_gradients: Any = None  # int32[workers]: with a data_split, the gradients of each worker the server used
 
 
 def _defaults(optimizer: str, config: TrainConfig | None) -> dict[str, Any]:
@@ -506,6 +508,21 @@ def make_optimizer(
     )
 
 
+def _count_used(counts, before, after):
+    """``counts`` plus one for the worker of this call's arrival if the server used it (not dropped).
+
+    Asynchronous servers only (:class:`~asgd_jax.SimState`); a synchronous round's gradients are all
+    used by construction, so its counts stay as they are.
+    """
+    found = [s for s in jax.tree.leaves((before, after), is_leaf=lambda x: isinstance(x, SimState))
+             if isinstance(s, SimState)]
+    if len(found) != 2:
+        return counts
+    b, a = found
+    used = (a.arrivals > b.arrivals) & (a.discarded == b.discarded)
+    return counts.at[a.last_worker].add(used.astype(jnp.int32))
+
+
 def _cross_entropy(logits, labels):
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
@@ -589,7 +606,7 @@ class Trainer:
             diverged=jnp.zeros([], bool),
             hparams=hp,
             cursor=per_worker(),
-            worker_steps=per_worker(),
+            worker_gradients=per_worker(),
         )
 
     def loss(self, params, x, y):
@@ -615,11 +632,9 @@ class Trainer:
         idx, cursor = self.batch_indices(data, state)
         loss, grads = jax.value_and_grad(self.loss)(state.params, x_train[idx], y_train[idx])
         updates, opt_state = self._system(state.hparams).update(grads, state.opt_state, state.params)
-        worker_steps = state.worker_steps
-        if worker_steps is not None and self.config.system == "async":
-            before, after = _event_state(state.opt_state), _event_state(opt_state)
-            stepped = after.version > before.version
-            worker_steps = worker_steps.at[after.last_worker].add(stepped.astype(jnp.int32))
+        worker_gradients = state.worker_gradients
+        if worker_gradients is not None:
+            worker_gradients = _count_used(worker_gradients, state.opt_state, opt_state)
         # Linear warm-up: the step-t update is scaled by min(1, (t + 1) / W), t counting
         # gradients from 0. For SGD, Adam and Adagrad the learning rate is optax's last,
         # multiplicative stage, so this is exactly the learning rate lr * min(1, (t + 1) / W).
@@ -635,7 +650,7 @@ class Trainer:
             loss_sum=state.loss_sum + loss,
             nonfinite=state.nonfinite | ~jnp.isfinite(loss),
             cursor=cursor,
-            worker_steps=worker_steps,
+            worker_gradients=worker_gradients,
         )
 
     def evaluate(self, data, params) -> dict[str, jax.Array]:
@@ -708,8 +723,8 @@ class Trainer:
             sim = _event_state(state.opt_state)
             metrics["sim_time"] = sim.time
             metrics["server_steps"] = sim.version
-        if state.worker_steps is not None and self.config.system == "async":
-            metrics["worker_steps"] = state.worker_steps
+        if state.worker_gradients is not None:
+            metrics["worker_gradients"] = state.worker_gradients
         epoch = state.epoch + 1
         new = state._replace(
             order=self._order(state.data_key, epoch),

@@ -18,6 +18,7 @@ STUDIES = {
     "asgrad": "experiments.asgrad",
     "dc_asgd": "experiments.dc_asgd",
     "downpour": "experiments.downpour",
+    "heterogeneous": "experiments.heterogeneous",
 }
 
 

@@ -25,10 +25,10 @@ time. See docs/methods.md for the methods.
 
 Writes to ``--out`` (default ``runs/heterogeneous-<preset>``): ``results.jsonl``
 (per config: accuracy and loss per epoch, ``sim_time_per_epoch``,
-``server_steps_per_epoch``, ``per_class_accuracy`` and ``worker_steps`` at the
+``server_steps_per_epoch``, ``per_class_accuracy`` and ``worker_gradients`` at the
 end), ``accuracy.png`` (best learning rate per method, test accuracy against
 gradients and against simulated time), ``per_class.png`` (final accuracy per
-class), ``shares.png`` (each worker's share of the server steps, with pure
+class), ``shares.png`` (each worker's share of the gradients the server used, with pure
 ASGD's ``∝ 1/s_i`` prediction) and ``report.md``.
 
 Presets: ``tiny`` (an MLP on ``digits``, 4 workers, seconds), ``quick`` (LeNet-5
@@ -90,14 +90,15 @@ def make_configs(ctx) -> list[dict]:
     base = {"data": s["data"], "model": s["model"], "optimizer": "sgd", "momentum": s["momentum"],
             "epochs": s["epochs"], "batch_size": s["batch_size"], "system": "async", "workers": n,
             "max_workers": n, "timing": s["timing"], "time_spread": s["time_spread"],
-            "worker_times": tuple(float(i + 1) for i in range(n)), "data_split": s["split"],
+            # one grid value each (a tuple would be a grid axis)
+            "worker_times": [tuple(float(i + 1) for i in range(n))], "data_split": s["split"],
             "seed": s["seeds"], "learning_rate": s["learning_rates"]}
     grids = {
         "pure": {**base, "assignment": "pure"},
         "random": {**base, "assignment": "random"},
         "shuffle": {**base, "assignment": "shuffle"},
-        "rennala": {**base, "rules": ("drop", "accumulate"), "max_staleness": 0, "accumulate": s["rennala_batch"]},
-        "ringmaster": {**base, "rules": ("drop",), "max_staleness": s["ringmaster_r"]},
+        "rennala": {**base, "rules": [("drop", "accumulate")], "max_staleness": 0, "accumulate": s["rennala_batch"]},
+        "ringmaster": {**base, "rules": [("drop",)], "max_staleness": s["ringmaster_r"]},
     }
     return study.training_configs([(m, grids[m]) for m in METHODS if m in s["methods"]],
                                   ctx.data and ctx.data.num_train)
@@ -114,7 +115,7 @@ def summarize(records: list[dict]) -> dict:
     out = {}
     for (_, method), b in best.items():
         rs = [r for r in records if r["method"] == method and (r["learning_rate"],) == b["setting"]]
-        steps = np.array([r["worker_steps"] for r in rs], float)
+        steps = np.array([r["worker_gradients"] for r in rs], float)
         shares = (steps / np.maximum(steps.sum(1, keepdims=True), 1)).mean(0)
         per_class = _mean_lists([r["per_class_accuracy"] for r in rs])
         out[method] = {**b, "lr": b["setting"][0], "per_class": per_class, "shares": shares.tolist(),
@@ -153,7 +154,7 @@ def findings(best: dict, n: int) -> list[str]:
         if len(shares) == n:
             pred = (1 / np.arange(1, n + 1)) / (1 / np.arange(1, n + 1)).sum()
             dev = np.max(np.abs(np.array(shares) - pred) / pred)
-            lines.append(f"- Pure ASGD's shares of the server steps run from {shares[0]:.1%} (fastest worker) to "
+            lines.append(f"- Pure ASGD's shares of the gradients the server used run from {shares[0]:.1%} (fastest worker) to "
                          f"{shares[-1]:.1%} (slowest); the 1/s_i law predicts {pred[0]:.1%} to {pred[-1]:.1%} "
                          f"(largest relative deviation {dev:.1%}). Shuffle's run from {min(shuffle['shares']):.1%} "
                          f"to {max(shuffle['shares']):.1%} (equal: {1 / n:.1%}).")
@@ -179,7 +180,7 @@ def report(ctx, best: dict) -> str:
         "",
         f"{s['workers']} workers, the training set split by {s['split']} (worker i holds its own block), mean "
         f"compute times 1, 2, …, {s['workers']} ({s['timing']} law); plain SGD server (momentum {s['momentum']:g}), "
-        f"batch {s['batch_size']}, {s['epochs']} epochs = {grads} gradients per run; learning rates "
+        f"batch {s['batch_size']}, {s['epochs']} epoch(s) = {grads} gradients per run; learning rates "
         f"{', '.join(f'{v:g}' for v in s['learning_rates'])}; seeds {s['seeds']}; Rennala S = {s['rennala_batch']}, "
         f"Ringmaster R = {s['ringmaster_r']}. Per method, the learning rate with the best final test accuracy "
         "(mean over seeds).",

@@ -226,7 +226,7 @@ def test_per_worker_batches_come_from_the_workers_own_shard():
         assert len(seen[w]) == 24 and len(set(seen[w])) == 24
     _, metrics = jax.jit(trainer.end_epoch)(data, state)
     assert metrics["per_class_accuracy"].shape == (4,)
-    steps = metrics["worker_steps"].tolist()       # 13 arrivals after 3 start-up calls, 4 jobs per worker
+    steps = metrics["worker_gradients"].tolist()       # 13 arrivals after 3 start-up calls, 4 jobs per worker
     assert sum(steps) == 13 and max(steps) <= 4
 
 
