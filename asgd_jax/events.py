@@ -50,7 +50,7 @@ from asgd_jax import _checks
 from asgd_jax import timing as timing_lib
 
 __all__ = ["ASSIGNMENTS", "Jobs", "EventState", "Arrival", "StalenessTrace", "init", "step",
-           "record_step", "cancel", "active_workers", "simulate_staleness"]
+           "record_step", "cancel", "active_workers", "simulate_staleness", "reads_events"]
 
 ASSIGNMENTS = ("pure", "random", "shuffle")
 _INT_MAX = int(np.iinfo(np.int32).max)
@@ -156,6 +156,16 @@ class StalenessTrace(NamedTuple):
     staleness: jax.Array
     worker: jax.Array
     time: jax.Array
+
+
+_READ_THROUGH = ("time", "version", "dispatched", "arrivals", "last_staleness", "last_worker", "next_worker", "jobs")
+
+
+def reads_events(cls):
+    """Class decorator: a state with an ``events`` field reads ``time``, ``version``, ... through it."""
+    for name in _READ_THROUGH:
+        setattr(cls, name, property(lambda self, name=name: getattr(self.events, name)))
+    return cls
 
 
 def init(workers, *, timing=1.0, max_workers: int | None = None, key=0, initial_workers=None,

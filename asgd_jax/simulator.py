@@ -45,6 +45,7 @@ SERVER_RULES = ("async", "sync")
 COMPENSATIONS = (None, "dc-c", "dc-a")
 
 
+@events.reads_events
 class SimState(NamedTuple):
     """State of :func:`parameter_server` (and so of :func:`asynchronous`).
 
@@ -79,15 +80,6 @@ class SimState(NamedTuple):
     grads: Any
     stale_params: Any
     server_state: Any
-
-    time = property(lambda self: self.events.time)
-    version = property(lambda self: self.events.version)
-    dispatched = property(lambda self: self.events.dispatched)
-    arrivals = property(lambda self: self.events.arrivals)
-    last_staleness = property(lambda self: self.events.last_staleness)
-    last_worker = property(lambda self: self.events.last_worker)
-    next_worker = property(lambda self: self.events.next_worker)
-    jobs = property(lambda self: self.events.jobs)
 
     @property
     def discarded(self) -> jax.Array:

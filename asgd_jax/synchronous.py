@@ -24,6 +24,7 @@ from asgd_jax import rules as rules_lib
 __all__ = ["SyncState", "synchronous"]
 
 
+@events.reads_events
 class SyncState(NamedTuple):
     """State of :func:`synchronous`.
 
@@ -49,14 +50,6 @@ class SyncState(NamedTuple):
     clip_state: Any
     inner_state: Any
 
-    time = property(lambda self: self.events.time)
-    version = property(lambda self: self.events.version)
-    dispatched = property(lambda self: self.events.dispatched)
-    arrivals = property(lambda self: self.events.arrivals)
-    last_staleness = property(lambda self: self.events.last_staleness)
-    last_worker = property(lambda self: self.events.last_worker)
-    next_worker = property(lambda self: self.events.next_worker)
-    jobs = property(lambda self: self.events.jobs)
 
 
 def synchronous(inner: optax.GradientTransformation, workers, *, backup_workers=0, timing=1.0,

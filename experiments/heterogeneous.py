@@ -57,9 +57,9 @@ _COMMON = dict(methods=list(METHODS), split="label", momentum=0.0, timing="fixed
 PRESETS = {
     "tiny": dict(_COMMON, data="digits", model="mlp", workers=4, learning_rates=[0.05], batch_size=32, epochs=1,
                  rennala_batch=2, ringmaster_r=4),
-    "quick": dict(_COMMON, data="digits", model="lenet5", workers=10, learning_rates=[0.03, 0.1], batch_size=32,
-                  epochs=8, rennala_batch=4, ringmaster_r=10),
-    "medium": dict(_COMMON, data=FASHION, model="lenet5", workers=10, learning_rates=[0.01, 0.03, 0.1],
+    "quick": dict(_COMMON, data="digits", model="lenet5", workers=10, learning_rates=[0.01, 0.03, 0.1],
+                  batch_size=32, epochs=8, rennala_batch=4, ringmaster_r=10),
+    "medium": dict(_COMMON, data=FASHION, model="lenet5", workers=10, learning_rates=[0.003, 0.01, 0.03],
                    batch_size=64, epochs=3, rennala_batch=4, ringmaster_r=10, seeds=[0, 1]),
     "paper": dict(_COMMON, data="tfds:fashion_mnist", model="lenet5", workers=10,
                   learning_rates=[0.003, 0.01, 0.03, 0.1, 0.3], batch_size=64, epochs=20, rennala_batch=4,
