@@ -1,41 +1,32 @@
 r"""The event model: workers, a pool of in-flight jobs and a simulated clock, as a pure state.
 
-Every asynchronous system of asgd_jax runs on this module. Its state,
-:class:`EventState`, holds the pool of in-flight jobs, each worker's queue and
-clock, the rule that picks the next job's worker and the simulated time; it
-holds no gradients (the transforms built on it keep those). Three pure functions
-move it:
+Every asynchronous system of asgd_jax runs on this module. :class:`EventState`
+holds the pool of in-flight jobs, each worker's queue and clock, the assignment
+rule's state and the simulated time (no gradients: the transforms built on it
+keep those). Pure functions move it:
 
-* :func:`step` dispatches the job of :attr:`EventState.next_worker`: worker
-  :math:`j` finishes it at :math:`\max(\text{now}, \text{busy}_j) + T`, with
-  :math:`T` drawn from :math:`j`'s compute-time model (which may depend on the
-  worker and on the clock), and :math:`\text{busy}_j` moves to that time, so a
-  worker handed several jobs runs them in order (FIFO) without idling. Once the
-  pool holds as many jobs as there are active workers, the job with the earliest
-  finish arrives (ties: the earliest dispatched); the clock moves to its finish
-  time and its staleness is :math:`\tau = \text{version} - v_{\text{job}}`. It
-  returns an :class:`Arrival` record.
-* :func:`record_step` tells the model whether the server took a step with that
-  arrival (``version`` counts only steps really taken) and picks the worker of
-  the next job under the assignment rule.
-* :func:`cancel` abandons a worker's in-flight jobs (the worker is free at once,
-  the caller dispatches its next job).
+* :func:`step` dispatches the job of ``next_worker``: worker :math:`j` finishes
+  it at :math:`\max(\text{now}, \text{busy}_j) + T`, :math:`T` drawn from
+  :math:`j`'s compute-time model (which may depend on the worker and the clock;
+  ``TimingModel.sample_at``), so a worker handed several jobs runs them in
+  order without idling. Once the pool holds a job per active worker, the
+  earliest finish arrives (ties: earliest dispatched), the clock moves to it and
+  its staleness is :math:`\tau = \text{version} - v_{\text{job}}`. Returns an
+  :class:`Arrival`.
+* :func:`record_step` counts a server step if the server took one (``version``
+  counts only steps taken) and picks the next job's worker.
+* :func:`cancel` abandons a worker's in-flight jobs (it is free at once).
 
-Assignment rules (AsGrad, Islamov et al. 2024): ``"pure"``, the next job goes
-to the lowest-id active worker with nothing in flight (in steady state the one
-that just finished); ``"random"``, a uniform active worker; ``"shuffle"``,
-``perm[t mod n]`` with a fresh permutation every ``n`` dispatches. At start-up
-(and when workers are introduced) jobs go to the workers not started yet, in id
-order. The first ``n - 1`` steps only fill the pool (nothing arrives, time 0).
-With equal fixed times and the pure rule, every arrival has staleness ``n - 1``:
-the constant delay of :func:`asgd_jax.delayed`.
-
-Gradual introduction: after :math:`v` server steps
-:math:`\min(n, n_0 + a\lfloor v/e \rfloor)` workers are active.
-
-:func:`simulate_staleness` is a scan over :func:`step` with every arrival
-taken as a step (the Monte Carlo of Jain et al. 2018, Figure 1). The methods
-and their citations are in ``docs/methods.md``.
+Assignment (AsGrad, Islamov et al. 2024): ``"pure"``, the lowest-id active
+worker with nothing in flight (in steady state the one that just finished);
+``"random"``, a uniform active worker; ``"shuffle"``, ``perm[t mod n]`` with a
+fresh permutation every ``n`` dispatches. Workers not started yet come first,
+in id order. The first ``n - 1`` steps only fill the pool. With equal fixed
+times and the pure rule every arrival has staleness ``n - 1``, the constant
+delay of :func:`asgd_jax.delayed`. Gradual introduction: after :math:`v`
+server steps :math:`\min(n, n_0 + a\lfloor v/e \rfloor)` workers are active.
+:func:`asgd_jax.simulate_staleness` is a scan over :func:`step`. Methods and
+citations: ``docs/methods.md``.
 """
 
 from __future__ import annotations
@@ -49,22 +40,17 @@ import numpy as np
 from asgd_jax import _checks
 from asgd_jax import timing as timing_lib
 
-__all__ = ["ASSIGNMENTS", "Jobs", "EventState", "Arrival", "StalenessTrace", "init", "step",
-           "record_step", "cancel", "active_workers", "simulate_staleness", "reads_events"]
+__all__ = ["ASSIGNMENTS", "Jobs", "EventState", "Arrival", "init", "step", "record_step", "cancel",
+           "active_workers", "reads_events"]
 
 ASSIGNMENTS = ("pure", "random", "shuffle")
 _INT_MAX = int(np.iinfo(np.int32).max)
 
 
 class Jobs(NamedTuple):
-    """The pool of in-flight jobs, one entry per slot (``max_workers`` slots).
-
-    Attributes:
-        finish: float32[P], simulated time at which the job finishes.
-        seq: int32[P], dispatch index of the job (the tie-break: earliest first).
-        version: int32[P], server version the job's gradient was computed at.
-        worker: int32[P], worker processing the job.
-        valid: bool[P], whether the slot holds an in-flight job.
+    """The pool of in-flight jobs, one entry per slot (``P`` slots): each job's ``finish`` time (float32),
+    dispatch index ``seq`` (the tie-break), ``version`` it was computed at, ``worker``, and whether the slot
+    is ``valid`` (holds an in-flight job).
     """
 
     finish: jax.Array
@@ -75,28 +61,19 @@ class Jobs(NamedTuple):
 
 
 class EventState(NamedTuple):
-    """The event model's state (every field an array, or a pytree of arrays).
+    """The event model's state (arrays; ``P`` = the pool size ``max_workers``).
 
-    Attributes:
-        time: float32, the clock: finish time of the last arrival (0 during start-up).
-        version: int32, server steps taken so far (moved by :func:`record_step`).
-        dispatched: int32, jobs dispatched so far.
-        arrivals: int32, jobs that arrived so far.
-        last_staleness: int32, staleness of the last arrival (-1 before any).
-        last_worker: int32, worker of the last arrival (-1 before any).
-        next_worker: int32, worker of the job the next :func:`step` dispatches.
-        in_flight: int32, jobs in the pool between steps.
-        started: int32, workers that have had a job (workers start in id order).
-        queued: int32[P], per worker, its jobs in flight (running or queued).
-        busy_until: float32[P], per worker, when its last queued job finishes.
-        jobs: :class:`Jobs`, the pool.
-        perm: int32[P], the shuffle rule's current permutation.
-        perm_pos: int32, position within ``perm``.
-        key: PRNG key of compute times and assignment draws.
-        assign_key: key of the next assignment draw (split off by :func:`step`).
-        timing: the compute-time model (:mod:`asgd_jax.timing`), a pytree of arrays.
-        workers: int32, the number of workers :math:`n`.
-        initial_workers, add_workers, add_every: int32, the introduction schedule.
+    ``time`` (float32): finish time of the last arrival (0 during start-up);
+    ``version``: server steps taken; ``dispatched``, ``arrivals``: jobs so far;
+    ``last_staleness``, ``last_worker``: of the last arrival (-1 before any);
+    ``next_worker``: the worker of the job the next :func:`step` dispatches;
+    ``in_flight``: jobs in the pool; ``started``: workers that had a job;
+    ``queued[P]``, ``busy_until[P]``: per worker, its jobs in flight and when
+    its last one finishes; ``jobs``: the pool; ``perm[P]``, ``perm_pos``: the
+    shuffle rule's permutation; ``key``, ``assign_key``: PRNG keys of times and
+    of the next assignment draw; ``timing``: the compute-time model (a pytree);
+    ``workers``, ``initial_workers``, ``add_workers``, ``add_every``: :math:`n`
+    and the introduction schedule (int32).
     """
 
     time: jax.Array
@@ -123,16 +100,9 @@ class EventState(NamedTuple):
 
 
 class Arrival(NamedTuple):
-    """What one :func:`step` did.
-
-    Attributes:
-        arrived: bool, whether a job arrived (false while the pool fills).
-        worker: int32, the arriving job's worker.
-        staleness: int32, server steps between its dispatch and its arrival.
-        time: float32, its finish time (the clock after the step).
-        version: int32, the server version it was computed at.
-        slot: int32, its slot in the pool.
-        new_slot: int32, the slot of the job dispatched in this step.
+    """What one :func:`step` did: whether a job ``arrived`` (false while the pool fills), its ``worker``,
+    ``staleness``, finish ``time``, dispatch ``version`` and pool ``slot``, and the ``new_slot`` of the job
+    dispatched in this step (int32 scalars; ``time`` float32).
     """
 
     arrived: jax.Array
@@ -142,20 +112,6 @@ class Arrival(NamedTuple):
     version: jax.Array
     slot: jax.Array
     new_slot: jax.Array
-
-
-class StalenessTrace(NamedTuple):
-    """Per-arrival output of :func:`simulate_staleness` (arrays of length ``num_arrivals``).
-
-    Attributes:
-        staleness: int32, server steps between the job's dispatch and its arrival.
-        worker: int32, worker that computed the arriving job.
-        time: float32, simulated arrival time.
-    """
-
-    staleness: jax.Array
-    worker: jax.Array
-    time: jax.Array
 
 
 _READ_THROUGH = ("time", "version", "dispatched", "arrivals", "last_staleness", "last_worker", "next_worker", "jobs")
@@ -340,50 +296,3 @@ def cancel(state: EventState, worker) -> tuple[EventState, jax.Array]:
         jobs=jobs._replace(valid=jobs.valid & ~mask, finish=jnp.where(mask, jnp.inf, jobs.finish)),
         in_flight=state.in_flight - count, queued=state.queued.at[worker].set(0),
         busy_until=state.busy_until.at[worker].set(state.time)), mask
-
-
-def simulate_staleness(workers, timing, num_arrivals: int, *, key=0, assignment: str = "pure",
-                       max_workers: int | None = None) -> StalenessTrace:
-    r"""Runs only the event model (every arrival a server step) and returns each arrival's staleness.
-
-    ``n`` workers with compute times from ``timing``: a start-up fill of ``n - 1``
-    dispatches, then one dispatch and one arrival per step. With the same ``key``,
-    ``assignment`` and ``timing`` the trace is what :func:`asgd_jax.asynchronous`
-    sees. With ``timing=normal(1, 0.2)`` and the pure rule this is Jain et al.'s
-    Monte Carlo (2018, Figure 1): staleness centred at ``n - 1``.
-
-    Args:
-        workers: number of workers ``n`` (traced if ``max_workers`` is given).
-        timing: compute-time model or a number (fixed time).
-        num_arrivals: static number of arrivals to record.
-        key: PRNG key or int seed.
-        assignment: ``"pure"``, ``"random"`` or ``"shuffle"``.
-        max_workers: static bound on ``workers``.
-
-    Returns:
-        A :class:`StalenessTrace` of arrays of length ``num_arrivals``; jit- and
-        vmap-compatible (vmap over keys for a Monte Carlo).
-
-    Example:
-        >>> import asgd_jax
-        >>> from asgd_jax import timing
-        >>> trace = asgd_jax.simulate_staleness(8, timing.normal(1.0, 0.2), 2000, key=0)
-        >>> round(float(trace.staleness[100:].mean()))     # about n - 1
-        7
-        >>> asgd_jax.simulate_staleness(3, 1.0, 6).staleness.tolist()
-        [0, 1, 2, 2, 2, 2]
-    """
-    if assignment not in ASSIGNMENTS:
-        raise ValueError(f"unknown assignment {assignment!r}; choose one of {ASSIGNMENTS}.")
-    num_arrivals = _checks.python_int("num_arrivals", num_arrivals, 1)
-    state = init(workers, timing=timing, max_workers=max_workers, key=key)
-
-    def body(s, _):
-        s, arrival = step(s, assignment)
-        s = record_step(s, arrival.arrived, assignment)
-        return s, (arrival.staleness, arrival.worker, s.time)
-
-    length = state.perm.shape[0] - 1 + num_arrivals
-    _, (staleness, worker, times) = jax.lax.scan(body, state, None, length=length)
-    cut = lambda x: jax.lax.dynamic_slice_in_dim(x, state.workers - 1, num_arrivals)
-    return StalenessTrace(staleness=cut(staleness), worker=cut(worker), time=cut(times))
