@@ -131,7 +131,7 @@ def accuracy_by_time(b: dict, t: float) -> float | None:
     return done[-1] if done else None
 
 
-def findings(best: dict, n: int) -> list[str]:
+def findings(best: dict, n: int, grid: list[float]) -> list[str]:
     lines = []
     pure, shuffle = best.get("pure"), best.get("shuffle")
     if pure and shuffle and pure["final"] is not None and shuffle["final"] is not None:
@@ -163,6 +163,10 @@ def findings(best: dict, n: int) -> list[str]:
         if b and b["final"] is not None:
             lines.append(f"- {LABELS[m]}: best final accuracy {b['final']:.4f} (lr {b['lr']:g}) after "
                          f"{b['server_steps']:.0f} server steps, simulated time {curves.fmt_value(b['end_time'])}.")
+    edge = [LABELS[m] for m in METHODS if m in best and len(grid) > 1 and best[m]["lr"] in (min(grid), max(grid))]
+    if edge:
+        lines.append(f"- The best learning rate of {', '.join(edge)} is at the edge of the grid; a wider grid may "
+                     "change their numbers.")
     return lines
 
 
@@ -193,7 +197,7 @@ def report(ctx, best: dict) -> str:
         "",
         "**Here:**",
         "",
-        *findings(best, s["workers"]),
+        *findings(best, s["workers"], s["learning_rates"]),
         "",
         f"Caveats: {len(s['seeds'])} seed(s) and a small learning-rate grid; accuracy per class is on the test set.",
     ]) + "\n"
