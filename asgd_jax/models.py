@@ -22,7 +22,7 @@ class _PatchConv(nn.Module):
     Same parameters (``kernel`` of shape ``(kh, kw, c_in, c_out)``, ``bias``) and
     the same maths as ``nn.Conv(c_out, (kh, kw), padding="SAME")``; it only
     lowers differently. XLA:CPU runs the single-input-channel first layer of
-    LeNet-5 on a slow convolution path (shared/PERF_NOTES.md); as a matmul over
+    LeNet-5 on a slow convolution path; as a matmul over
     ``lax.conv_general_dilated_patches`` it is several times faster there.
     """
 
@@ -68,7 +68,7 @@ def _pool4(y):
     Computed as elementwise maxima; the gradient goes to the first maximum of
     each window in row-major order, exactly as ``lax.reduce_window``'s gradient
     (select-and-scatter) routes it, but as elementwise compares and selects:
-    XLA:CPU runs select-and-scatter about 10× slower.
+    XLA:CPU runs select-and-scatter far slower than elementwise code.
     """
     return jnp.maximum(jnp.maximum(y[:, 0], y[:, 1]), jnp.maximum(y[:, 2], y[:, 3]))
 
@@ -128,7 +128,8 @@ def _s2d_features(x, k1, b1, k2, b2):
 
     Why: XLA:CPU runs the one-input-channel conv 1 and the select-and-scatter
     gradient of max-pool slowly; on blocks every layer is a well-shaped
-    matmul or convolution and both pools are elementwise (shared/PERF_NOTES.md).
+    matmul or convolution and both pools are elementwise (the measured speed-up is
+    in the README's Speed section).
     """
     bsz, h, w, c = x.shape
     hb, wb = (h + 4) // 4, (w + 4) // 4
@@ -144,7 +145,7 @@ def _s2d_features(x, k1, b1, k2, b2):
     # max(y + b) = max(y) + b exactly: add it after the pool, on a 4× smaller array.
     hblk = jax.nn.relu(y + jnp.tile(b1, 4)).reshape(bsz, oh, ow, 24)
     # conv 2 as 9 shifted slices times one matrix too: on XLA:CPU this im2col form (and its kernel
-    # gradient, one matmul) runs about 2.4x faster than lax.conv_general_dilated at batch 512.
+    # gradient, one matmul) runs faster than lax.conv_general_dilated.
     ph, pw = oh - 2, ow - 2
     cols = jnp.concatenate([hblk[:, i : i + ph, j : j + pw, :] for i in range(3) for j in range(3)], axis=-1)
     # Output channels (d, g, c) = (a, b, c): the pool is again over four contiguous slices.
@@ -153,7 +154,9 @@ def _s2d_features(x, k1, b1, k2, b2):
 
 
 class LeNet5(nn.Module):
-    """LeNet-5 exactly as shared/PAPERS.md §1 fixes it (input 28×28×C, NHWC).
+    """LeNet-5 as Jain et al. (2018) train it (input 28×28×C, NHWC).
+
+    The paper's setting: docs/methods.md#constant-delay-jain-et-al-2018.
 
     conv 5×5, 6 channels, padding 2 ('SAME') → ReLU → max-pool 2 →
     conv 5×5, 16 channels ('VALID') → ReLU → max-pool 2 →

@@ -1,6 +1,7 @@
 r"""Test problems with known gradients: AsGrad's logistic regression, heterogeneous data, worker splits.
 
-AsGrad (Islamov et al. 2024, shared/PAPERS.md §4) measures asynchronous methods
+AsGrad (Islamov et al. 2024; docs/methods.md#assignment-rules-pure-random-shuffle-asgrad-islamov-et-al-2024)
+measures asynchronous methods
 on logistic regression with a non-convex regulariser,
 
 .. math::

@@ -205,10 +205,9 @@ def group_configs(configs: Sequence[Mapping[str, Any]], *, eval_batch_size: int 
 def default_chunk_size() -> int | None:
     """Configs vmapped per device and call: 2 on CPU, the whole group (``None``) elsewhere.
 
-    On a 2-core CPU, scanned LeNet-5 epochs ran at 22 000 / 25 700 / 25 500 /
-    24 800 / 22 100 config-samples/s for K = 1 / 2 / 4 / 8 / 16 configs vmapped
-    at batch 64, and 24 500 / 25 000 / 23 500 / 22 200 / 21 200 at batch 512:
-    two configs per call keep both cores busy, more only add memory traffic.
+    On a CPU, two configs per call keep two cores busy and more configs only add
+    memory traffic, not parallelism (measured figures are in the README's Speed
+    section).
     An accelerator wants the whole group (capped by :func:`max_configs_per_device`).
     """
     return 2 if jax.default_backend() == "cpu" else None

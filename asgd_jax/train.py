@@ -9,9 +9,9 @@ then runs a whole group of configs as one program.
 The step is kept apart from the loop that drives it. :class:`Trainer` exposes
 ``init``, ``step``, ``end_epoch`` and ``epoch``; ``train`` composes them with
 ``lax.scan`` (one program per epoch; the default everywhere). :func:`run_configs`
-can also drive jitted steps from Python (``loop="step"``), which was faster on
-XLA:CPU while LeNet-5's convolutions lowered to slow convolution kernels inside
-loops (shared/PERF_NOTES.md); both loops compute the same numbers.
+can also drive jitted steps from Python (``loop="step"``), the faster driver on
+XLA:CPU for models with real convolutions (ResNet-20, see :func:`default_loop`);
+both loops compute the same numbers.
 """
 
 from __future__ import annotations
@@ -819,16 +819,13 @@ def make_train(
 def default_loop(model: str | None = None) -> str:
     """The loop driver ``loop="auto"`` means: ``"scan"``, except ``"step"`` for ResNet-20 on a CPU.
 
-    ``"scan"`` runs each epoch's steps inside ``lax.scan`` (one call per epoch).
-    On XLA:CPU the scanned LeNet-5 step used to be about 3.5× slower than the
-    same step jitted at top level (shared/PERF_NOTES.md); with the space-to-depth
-    LeNet-5 of :mod:`asgd_jax.models` (matmuls and elementwise pools only) the
-    scan is the faster driver there too: 22 000 vs 20 500 config-samples/s at
-    batch 64 and 24 500 vs 15 200 at batch 512 for one config on a 2-core CPU
-    (``python -m experiments benchmark``). :class:`~asgd_jax.models.ResNet20`
-    keeps real convolutions, whose gradients XLA:CPU runs about 20× slower inside
-    the scan (17 s against 0.74 s per batch-128 step on a 2-core CPU), so
-    ``model="resnet20"`` on the CPU backend gets ``"step"``.
+    ``"scan"`` runs each epoch's steps inside ``lax.scan`` (one call per epoch);
+    with the space-to-depth LeNet-5 of :mod:`asgd_jax.models` (matmuls and
+    elementwise pools only) it is the faster driver on every backend.
+    :class:`~asgd_jax.models.ResNet20` keeps real convolutions, whose gradients
+    XLA:CPU runs far slower inside a scanned loop than in a step jitted at top
+    level, so ``model="resnet20"`` on the CPU backend gets ``"step"``. Measured
+    figures: the README's Speed section (``python -m experiments benchmark``).
 
     Args:
         model: the config's model name (``TrainConfig.model``); ``None`` for the

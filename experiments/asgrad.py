@@ -123,7 +123,8 @@ PRESETS = {
     # the 2-core CPU (30-90 s per method's 50 runs).
     "medium": dict(_COMMON, data="synthetic:1,1", samples_per_worker=2500, dim=300, iterations=30000,
                    evals=300, seeds=[0, 1, 2, 3, 4]),
-    # AsGrad's protocol (shared/PAPERS.md §4) on LIBSVM's w7a, for a GPU; pass --data libsvm:<path>.
+    # AsGrad's protocol on LIBSVM's w7a, for a GPU; pass --data libsvm:<path>. The method:
+    # docs/methods.md#assignment-rules-pure-random-shuffle-asgrad-islamov-et-al-2024
     "paper": dict(_COMMON, data="libsvm:data/w7a", samples_per_worker=None, dim=None, iterations=40000,
                   evals=400, seeds=[0, 1, 2, 3, 4]),
 }
@@ -657,7 +658,7 @@ def findings(s: dict, analysis: dict) -> list[str]:
         rel = np.abs(sh / law - 1.0)
         corr = float(np.corrcoef(sh, law)[0, 1]) if n > 1 and np.std(sh) > 0 and np.std(law) > 0 else float("nan")
         out.append(
-            "- **AsGrad, pure ASGD** (Islamov et al. 2024; shared/PAPERS.md §4): a worker with mean compute time "
+            "- **AsGrad, pure ASGD** (Islamov et al. 2024): a worker with mean compute time "
             "s_i contributes a share ∝ 1/s_i of the updates, so the fast workers' data dominate. **Measured:** "
             f"pure's shares run from {100 * sh[_fastest(s)]:.1f} % (fastest worker) to {100 * sh[_slowest(s)]:.1f} % "
             f"(slowest); against the 1/s_i law the largest relative deviation is {100 * rel.max():.1f} % (worker "
@@ -696,7 +697,7 @@ def findings(s: dict, analysis: dict) -> list[str]:
     if "ssgd" in rows:
         r = rows["ssgd"]
         out.append(
-            "- **Synchronous SGD** (shared/PAPERS.md §5): every step averages all n gradients at the same x: no "
+            "- **Synchronous SGD**: every step averages all n gradients at the same x: no "
             "staleness and every worker's data counted equally (with full local gradients a step is gradient "
             "descent on F), but each step waits for the slowest worker. **Measured:** end ‖∇F‖ "
             f"{_fmt(r['end'])} (γ = {step_label(r['step_size'])}) after {r['server_steps']:.0f} steps made of "
@@ -706,7 +707,7 @@ def findings(s: dict, analysis: dict) -> list[str]:
     if "adaptive" in rows:
         r = rows["adaptive"]
         text = (
-            "- **Delay-adaptive step** (Mishchenko et al. 2022; Koloskova et al. 2022; shared/PAPERS.md §6): "
+            "- **Delay-adaptive step** (Mishchenko et al. 2022; Koloskova et al. 2022): "
             "scaling the step of a gradient with staleness τ by min(1, n/τ) makes the guarantees depend on n, "
             "not on the largest delay. **Measured:** end ‖∇F‖ "
             f"{_fmt(r['end'])} at γ = {step_label(r['step_size'])} (staleness mean "

@@ -5,7 +5,7 @@ submissions of one worker is ``Normal(1, sigma^2)`` truncated to positive times
 (``--sigma 0.2`` as in the paper). With the pure rule a worker pulls the model
 again right after its gradient arrives. The staleness of a gradient is the
 number of server updates between its pull and its arrival; the paper finds it
-close to normal, centred at ``N - 1`` (shared/PAPERS.md §1).
+close to normal, centred at ``N - 1`` (docs/methods.md#constant-delay-jain-et-al-2018).
 
 Other compute-time models (``--timing``, ``--stragglers``) and the AsGrad
 assignment rules (``--assignment``) show how the shape changes. The mean stays
@@ -379,7 +379,7 @@ def _paper_note(records: list[dict]) -> str:
 
 
 PAPER_CLAIM = (
-    "**Paper** (Jain et al. 2018, Figure 1; shared/PAPERS.md §1): with N workers whose time between two "
+    "**Paper** (Jain et al. 2018, Figure 1): with N workers whose time between two "
     "submissions is Normal(1, 0.2²), the number of server updates between a gradient's pull and its arrival "
     'is "close to normal, centred at N − 1".'
 )

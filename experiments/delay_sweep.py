@@ -50,7 +50,8 @@ PRESETS = {
         seeds=[0],
         epochs=6,
     ),
-    # The exact protocol of shared/PAPERS.md §1 (for a GPU/TPU): 300 configs, 30 epochs.
+    # Jain et al.'s Figure 2 protocol (for a GPU/TPU): 300 configs, 30 epochs.
+    # docs/methods.md#constant-delay-jain-et-al-2018
     "paper": dict(
         data="tfds:mnist",
         model="lenet5",

@@ -31,7 +31,9 @@ accuracy, mean over seeds) is reported. Writes to ``--out`` (default
 ``accuracy_vs_time.png`` (best setting per method), ``best_per_method.png``
 (best final accuracy and the spread over learning rates), ``report.md`` (the
 tables, accuracy reached within a common simulated-time budget, and the
-findings beside PAPERS §2). Rerunning the same command skips finished configs.
+findings beside the paper's,
+docs/methods.md#downpour-sgd-and-sandblaster-l-bfgs-dean-et-al-2012).
+Rerunning the same command skips finished configs.
 
 Presets: ``tiny`` (a smoke test, an MLP, seconds), ``quick`` (LeNet-5 on
 ``digits``, under 3 minutes on a 2-core CPU), ``medium`` (LeNet-5 on real
@@ -199,7 +201,7 @@ def report(s: dict, best: dict, methods: list[str], dataset_name: str, w: int) -
         curves.markdown_table(["method", "worst final acc over the lr grid", "best final acc",
                                "acc by the time budget"], rows),
         "",
-        "**The paper (PAPERS §2):** Adagrad (per-parameter learning rates) made Downpour far more robust; a warm "
+        "**The paper (Dean et al. 2012):** Adagrad (per-parameter learning rates) made Downpour far more robust; a warm "
         "start (one replica alone before the others join) helped; asynchronous training keeps going when replicas "
         "are slow or fail, where synchronous SGD waits for the slowest.",
         "",

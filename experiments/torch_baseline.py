@@ -3,8 +3,8 @@
 ``torch.optim.SGD(momentum=0.9)`` wrapped so that the gradient computed at step
 ``t`` is applied at step ``t + delay`` (a FIFO of gradient copies; the optimizer,
 momentum included, does not move during the first ``delay`` steps, as in
-:func:`asgd_jax.delayed`). LeNet-5 exactly as shared/PAPERS.md §1 (NCHW, the
-layout PyTorch's CPU kernels prefer; float32). An epoch draws a random
+:func:`asgd_jax.delayed`). LeNet-5 is the network of :class:`asgd_jax.LeNet5`,
+laid out NCHW (the layout PyTorch's CPU kernels prefer; float32). An epoch draws a random
 permutation, gathers each batch by index from a tensor holding the training set,
 and ends with an evaluation on the test set, like a real epoch loop and like
 :func:`asgd_jax.run_configs`.
@@ -28,7 +28,7 @@ __all__ = ["make_lenet5", "DelayedSGD", "measure"]
 
 
 def make_lenet5():
-    """LeNet-5 (PAPERS §1) as a ``torch.nn.Sequential``, NCHW input ``(N, 1, 28, 28)``."""
+    """LeNet-5 (as :class:`asgd_jax.LeNet5`) as a ``torch.nn.Sequential``, NCHW input ``(N, 1, 28, 28)``."""
     from torch import nn
 
     return nn.Sequential(

@@ -1,7 +1,8 @@
 """`python -m experiments asgrad` (AsGrad, Islamov et al. 2024): the program against NumPy, end to end, bad input.
 
 Independent references: pure ASGD with fixed compute times and synchronous SGD
-re-simulated in plain NumPy (float64) from shared/PAPERS.md §4-5, with the loss
+re-simulated in plain NumPy (float64) from the method descriptions in
+docs/methods.md (AsGrad's assignment rules; synchronous SGD), with the loss
 gradient of tests/test_problems.py; no code shared with the event model.
 """
 

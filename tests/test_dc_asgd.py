@@ -89,6 +89,7 @@ def test_tiny_end_to_end(tmp_path, capsys):
         assert served == expected[r["method"]], r
     for name in ("accuracy_vs_epoch.png", "accuracy_vs_time.png", "best_per_method.png", "lambda.png"):
         assert (out / name).exists(), name
+    assert "**The paper (Zheng et al. 2017):**" in (out / "report.md").read_text()
     best = dc_asgd.summarize(records, [3])
     for method in ("asgd", "ssgd", "dc-c", "dc-a"):
         (r,) = [x for x in records if x["method"] == method]
@@ -155,7 +156,7 @@ def test_paper_preset_runs_resnet20_on_mock_cifar10(tmp_path, capsys):
         assert "ResNet-20 on a CPU: jitted steps driven from Python (--loop step)" in printed
 
 
-def test_paper_preset_follows_papers_section_3():
+def test_paper_preset_follows_zheng_et_al():
     p = dc_asgd.PRESETS["paper"]
     assert p["model"] == "resnet20" and p["data"] == "tfds:cifar10" and p["workers"] == [4, 8]
     assert 0.04 in p["lambdas_c"] and 2.0 in p["lambdas_a"]  # the paper's defaults are in the grids

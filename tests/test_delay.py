@@ -1,6 +1,6 @@
 """Tests for asgd_jax.delay: the constant-delay transform ``delayed``.
 
-The rule (shared/PAPERS.md §1): with ``g_t`` the gradient passed at step ``t``,
+The rule (docs/methods.md#constant-delay-jain-et-al-2018): with ``g_t`` the gradient passed at step ``t``,
 ``u_t = 0`` for ``t < d`` (the inner optimizer's state does not move) and
 ``u_t = inner(g_{t-d}, w_t)`` for ``t >= d``. The references below are plain
 NumPy (float64) implementations of SGD with momentum, Adam, Adagrad and of the

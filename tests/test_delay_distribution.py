@@ -2,7 +2,8 @@
 
 Independent references: staleness sequences worked out by hand for fixed compute
 times (equal workers; one straggler twice as slow), and a NumPy Monte Carlo
-written from shared/PAPERS.md §1 that shares no code with the event model: with
+written from the method descriptions in docs/methods.md (constant delay)
+that shares no code with the event model: with
 the pure rule every worker is an independent renewal process (it restarts the
 moment its gradient arrives), so a gradient's staleness is the number of
 arrivals of all workers strictly between its pull (the worker's previous

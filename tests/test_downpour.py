@@ -50,6 +50,7 @@ def test_tiny_end_to_end(tmp_path, capsys):
     assert by["sgd+warm"]["server_steps_per_epoch"][0] == 22 - 3
     for name in ("accuracy_vs_epoch.png", "accuracy_vs_time.png", "best_per_method.png"):
         assert (out / name).exists(), name
+    assert "**The paper (Dean et al. 2012):**" in (out / "report.md").read_text()
     best = downpour.async_results.best_settings([{**r, "method": m} for m, r in by.items()], lambda r: "all",
                                                  lambda r: (r["learning_rate"],))
     assert {m: b["final"] for (_, m), b in best.items()} == {m: r["test_accuracy"] for m, r in by.items()}

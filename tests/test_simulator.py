@@ -1,8 +1,8 @@
 """Tests for asgd_jax.simulator: the asynchronous system as one optax transform.
 
 Independent references: event sequences worked out by hand (3 workers with
-fixed times 1, 2, 3); a NumPy event simulator written from shared/DESIGN.md and
-shared/PAPERS.md with explicit per-worker FIFO queues (a worker starts its next
+fixed times 1, 2, 3); a NumPy event simulator written from the method
+descriptions in docs/methods.md with explicit per-worker FIFO queues (a worker starts its next
 queued job when the running one finishes) and the server rules (DC-ASGD-c/-a,
 staleness scaling, Ringmaster, accumulation, clipping) in float64; plain optax
 on averaged gradients for the synchronous rule; ``delayed`` for the
@@ -101,7 +101,9 @@ def arrivals_of(trace):
 
 def reference_async(n, times, calls, lr, *, dispatch=None, comp=None, lam=None, mu=0.95, eps=1e-7,
                     scale=None, max_staleness=None, k=1, clip=None):
-    """Event-by-event simulation of shared/DESIGN.md with plain SGD (step ``lr``) as server.
+    """Event-by-event simulation of the event model (docs/methods.md#the-event-model), plain SGD as server.
+
+    The server steps by ``lr``.
 
     ``times[j]``: worker j's fixed compute time. ``dispatch``: the worker of each call
     (default: the pure rule). Returns the parameter trajectory and the arrivals.

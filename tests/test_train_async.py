@@ -1,6 +1,6 @@
 """The Trainer's asynchronous system (TrainConfig(system="async")) against independent references.
 
-- A plain NumPy re-implementation of the event model (shared/DESIGN.md) and of the server rules
+- A plain NumPy re-implementation of the event model (docs/methods.md#the-event-model) and of the server rules
   (ASGD, DC-ASGD-c, DC-ASGD-a, SSGD, gradual introduction) on the MLP (hand-written backprop), with fixed compute
   times, step by step against ``Trainer.step``; its first arrivals are also checked against a
   hand-simulated order.
@@ -73,7 +73,7 @@ def reference_run(params0, order, x, y, *, steps, lr, times, rule="async", compe
                   initial=None, add=1, every=1, mu=0.95, eps=1e-7):
     """Re-simulates ``steps`` update calls of n = len(times) workers with fixed times, pure assignment.
 
-    Written from the description in shared/DESIGN.md and PAPERS.md §3/§5, not from the library:
+    Written from the method descriptions in docs/methods.md (event model, DC-ASGD, SSGD), not from the library:
     each call computes a gradient at the current w on the next batch and dispatches it to the
     chosen worker (finish = max(now, busy) + time); while the pool holds the active workers' jobs,
     the earliest finish (ties: earliest dispatched) arrives and is applied (with DC compensation
