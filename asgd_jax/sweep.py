@@ -145,12 +145,29 @@ def normalize_config(config: Mapping[str, Any], num_train: int | None = None) ->
         k: v for k, v in cfg.items() if k not in STATIC_FIELDS and k not in DESCRIPTIVE_FIELDS and k != "seed"
     }
     hp = normalize_hparams(cfg["optimizer"], hp, config=tc if system != "delay" else None)
+    if num_train is not None:
+        _check_trains(tc, hp, num_train)
     return {
         **described,
         **static,
         "seed": int(seed),
         **{k: (int(v) if k in INT_HPARAMS else float(v)) for k, v in hp.items()},
     }
+
+
+def _check_trains(tc: TrainConfig, hp: Mapping[str, Any], num_train: int) -> None:
+    """Refuses a config whose run would take no server step at all (it would be written as a result)."""
+    per_epoch = num_train // tc.batch_size
+    grads = tc.epochs * per_epoch
+    run = f"a run of {grads} gradients ({tc.epochs} epoch(s) of {per_epoch})"
+    if tc.system == "delay":
+        if hp["delay"] >= grads:
+            raise ValueError(f"delay={hp['delay']} applies no gradient in {run}; use a delay below {grads} "
+                             "or more epochs.")
+        return
+    n = hp["workers"]
+    if (n > grads) if tc.server_rule == "sync" else (n - 1 >= grads):
+        raise ValueError(f"workers={n} take no server step in {run}; use fewer workers or more epochs.")
 
 
 def _is_int(x) -> bool:
@@ -418,6 +435,8 @@ def run_chunk(
             r["server_steps_per_epoch"] = [int(v) for v in metrics["server_steps"][i]]
         if "per_class_accuracy" in metrics:  # per-worker data: accuracy per class, server steps per worker
             r["per_class_accuracy"] = [_finite_or_none(v) for v in metrics["per_class_accuracy"][i, -1]]
+        if "invalid" in metrics and bool(metrics["invalid"][i, -1]):  # a traced value out of range
+            r["invalid"] = True
         if "worker_gradients" in metrics:
             r["worker_gradients"] = [int(v) for v in metrics["worker_gradients"][i, -1]]
         r["seconds"] = seconds

@@ -61,6 +61,12 @@ OPTIMIZERS: dict[str, dict[str, float]] = {
     "adagrad": {"initial_accumulator_value": 0.1, "eps": 1e-7},
 }
 _FACTORIES = {"sgd": optax.sgd, "adam": optax.adam, "adagrad": optax.adagrad}
+# The range [low, high) of each optimizer hyperparameter (checked for concrete values).
+_OPTIMIZER_RANGES: dict[str, dict[str, tuple[float, float]]] = {
+    "sgd": {"momentum": (0.0, 1.0)},
+    "adam": {"b1": (0.0, 1.0), "b2": (0.0, 1.0), "eps": (1e-30, np.inf)},
+    "adagrad": {"initial_accumulator_value": (0.0, np.inf), "eps": (1e-30, np.inf)},
+}
 # Hyperparameters of every family, with defaults: the delay in steps, and the length of a
 # linear learning-rate warm-up in steps (0: none). Both are integers.
 GENERIC_HPARAMS: dict[str, int] = {"delay": 0, "warmup_steps": 0}
@@ -263,6 +269,7 @@ class TrainState(NamedTuple):
     hparams: Any = None  # dict of the config's traced hyperparameters (the system is rebuilt from them)
     cursor: Any = None  # int32[workers]: with a data_split, each worker's position in its shard order
     worker_gradients: Any = None  # int32[workers]: with a data_split, the gradients of each worker the server used
+    invalid: Any = None  # bool: a (traced) hyperparameter is out of its range (see Trainer.invalid)
 
 
 def _defaults(optimizer: str, config: TrainConfig | None) -> dict[str, Any]:
@@ -356,6 +363,10 @@ def normalize_hparams(
     lr = float(out["learning_rate"])
     if not lr > 0 or not np.isfinite(lr):
         raise ValueError(f"learning_rate must be a positive number, got {out['learning_rate']!r}.")
+    for k, (low, high) in _OPTIMIZER_RANGES[optimizer].items():
+        v = out[k]
+        if isinstance(v, bool) or not np.isfinite(float(v)) or not low <= float(v) < high:
+            raise ValueError(f"{k} must be a number in [{low:g}, {high:g}), got {v!r}.")
     if config is not None and config.system == "async":
         return _normalize_async(out, config)
     delay = out["delay"]
@@ -588,6 +599,7 @@ class Trainer:
         hp = with_defaults(self.config.optimizer, hparams, self.config)
         ints = INT_HPARAMS - {"warmup_steps"}  # the warm-up length is kept as float32
         hp = {k: jnp.asarray(v, jnp.int32 if k in ints else jnp.float32) for k, v in hp.items()}
+        invalid = self.invalid(hp)
         warmup_steps = hp.pop("warmup_steps")
         # The simulation's key (compute times, assignment draws) is derived from the run's key,
         # apart from the initial parameters' and the data order's.
@@ -605,9 +617,44 @@ class Trainer:
             nonfinite=jnp.zeros([], bool),
             diverged=jnp.zeros([], bool),
             hparams=hp,
+            invalid=invalid,
             cursor=per_worker(),
             worker_gradients=per_worker(),
         )
+
+    def invalid(self, hp: Mapping[str, Any]) -> jax.Array:
+        """Whether any hyperparameter of ``hp`` is out of its range (a bool; works on traced values).
+
+        Concrete values are refused by :func:`normalize_hparams`; values traced
+        under ``jit``/``vmap`` cannot raise, and the transforms clip some of them
+        (a delay above ``max_delay`` runs as ``max_delay``), so the run records
+        this flag (the metric ``invalid``) instead of passing silently. Checked:
+        every value finite; ``learning_rate > 0``; the optimizer's ranges;
+        ``0 <= delay <= max_delay``; ``1 <= workers <= max_workers``;
+        ``0 <= initial_workers <= max_workers``; ``add_workers >= 0``,
+        ``add_every >= 1``; ``time_mean > 0``, ``time_spread >= 0``,
+        ``0 <= straggler_fraction <= 1``, ``straggler_slowdown > 0``;
+        ``dc_lambda >= 0``, ``clip_norm > 0``, ``max_staleness >= 0``,
+        ``accumulate >= 1``, ``0 <= backup_workers < workers``; ``warmup_steps >= 0``.
+        """
+        c = self.config
+        ok = [jnp.isfinite(jnp.asarray(v, jnp.float32)) for v in hp.values()]
+        get = lambda k: jnp.asarray(hp[k])
+        between = lambda k, lo, hi: (get(k) >= lo) & (get(k) <= hi)
+        ok.append(get("learning_rate") > 0)
+        for k, (low, high) in _OPTIMIZER_RANGES[c.optimizer].items():
+            ok.append((get(k) >= low) & (get(k) < high))
+        if "delay" in hp:
+            ok.append(between("delay", 0, c.max_delay))
+        ranges = {"workers": (1, c.max_workers), "initial_workers": (0, c.max_workers), "add_workers": (0, np.inf),
+                  "add_every": (1, np.inf), "time_spread": (0, np.inf), "straggler_fraction": (0, 1),
+                  "dc_lambda": (0, np.inf), "max_staleness": (0, np.inf), "accumulate": (1, np.inf),
+                  "warmup_steps": (0, np.inf)}
+        ok += [between(k, lo, hi) for k, (lo, hi) in ranges.items() if k in hp]
+        ok += [get(k) > 0 for k in ("time_mean", "straggler_slowdown", "clip_norm") if k in hp]
+        if "backup_workers" in hp:
+            ok.append((get("backup_workers") >= 0) & (get("backup_workers") < get("workers")))
+        return ~jnp.all(jnp.stack([jnp.asarray(o, bool) for o in ok]))
 
     def loss(self, params, x, y):
         return _cross_entropy(self.model.apply({"params": params}, x), y)
@@ -725,6 +772,8 @@ class Trainer:
             metrics["server_steps"] = sim.version
         if state.worker_gradients is not None:
             metrics["worker_gradients"] = state.worker_gradients
+        if state.invalid is not None:
+            metrics["invalid"] = state.invalid
         epoch = state.epoch + 1
         new = state._replace(
             order=self._order(state.data_key, epoch),

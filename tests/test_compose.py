@@ -280,3 +280,33 @@ def test_a_custom_server_callable_builds_the_system_from_traced_values():
     # damp 0 zeroes every stale gradient (staleness 2 in steady state) -> the two configs differ.
     assert max(float(jnp.abs(a[0] - a[1]).max()) for a in p) > 1e-6
     chex.assert_equal(int(state.opt_state.version[0]), int(state.opt_state.version[1]))
+
+
+def test_traced_out_of_range_values_are_recorded_not_hidden():
+    """A traced delay above max_delay (clipped by the transform), a negative lr, workers above the bound: flagged."""
+    cfg = TrainConfig(model="mlp", batch_size=8, epochs=1, max_delay=3)
+    trainer = Trainer(cfg, _labelled())
+    hp = {"learning_rate": jnp.array([0.1, 0.1, -0.1]), "delay": jnp.array([3, 7, 0])}
+    fns = trainer.vmapped()
+    state = fns["init"](trainer.data, jax.random.split(jax.random.key(0), 3), hp)
+    _, metrics = fns["end_epoch"](trainer.data, state)
+    assert metrics["invalid"].tolist() == [False, True, True]
+    cfg = TrainConfig(model="mlp", batch_size=8, epochs=1, system="async", max_workers=4, rules=("accumulate",))
+    trainer = Trainer(cfg, _labelled())
+    hp = {"learning_rate": jnp.array([0.1, 0.1, 0.1]), "workers": jnp.array([4, 8, 2]),
+          "accumulate": jnp.array([1, 1, 0])}
+    state = trainer.vmapped()["init"](trainer.data, jax.random.split(jax.random.key(0), 3), hp)
+    assert state.invalid.tolist() == [False, True, True]
+
+
+def test_runs_that_cannot_train_are_refused_before_compiling():
+    from asgd_jax.sweep import normalize_config
+
+    base = dict(model="mlp", batch_size=32, epochs=1, learning_rate=0.1)   # 96 // 32 = 3 gradients
+    with pytest.raises(ValueError, match="delay=3 applies no gradient in a run of 3 gradients"):
+        normalize_config({**base, "delay": 3}, 96)
+    with pytest.raises(ValueError, match="workers=4 take no server step"):
+        normalize_config({**base, "system": "async", "workers": 4}, 96)
+    with pytest.raises(ValueError, match="momentum"):
+        normalize_config({**base, "momentum": -1.0}, 96)
+    assert normalize_config({**base, "delay": 2}, 96)["delay"] == 2
