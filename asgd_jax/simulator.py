@@ -471,12 +471,12 @@ def asynchronous(
 
 def _event_state(state) -> events.EventState:
     """The event state inside an optimizer state (also nested in a chain, tuple or dict)."""
-    found = [s for s in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, (SimState, SyncState)))
-             if isinstance(s, (SimState, SyncState))]
+    found = optax.tree_utils.tree_get_all_with_path(
+        state, "events", filtering=lambda path, value: isinstance(value, events.EventState))
     if len(found) != 1:
-        raise ValueError(f"expected exactly one SimState or SyncState inside the optimizer state, "
-                         f"found {len(found)}.")
-    return found[0].events
+        raise ValueError(f"expected exactly one SimState or SyncState (an 'events' field) inside the optimizer "
+                         f"state, found {len(found)}.")
+    return found[0][1]
 
 
 def next_worker(state) -> jax.Array:
