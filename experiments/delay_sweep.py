@@ -25,56 +25,20 @@ def _half_decades(lo: float, hi: float) -> list[float]:
     return [float(10.0 ** (lo + 0.5 * i)) for i in range(n)]
 
 
+# LeNet-5 + SGD with momentum 0.9 (the paper's); the quick/medium grid: 6 learning rates x 2 batch sizes x 3 delays.
+_JAIN = dict(model="lenet5", optimizer="sgd", momentum=0.9, seeds=[0])
+_SMALL_GRID = dict(learning_rates=_half_decades(-3.0, -0.5), batch_sizes=[64, 256], delays=[0, 2, 8])
 PRESETS = {
     # A few minutes on a 2-core laptop CPU; the largest learning rate diverges.
-    "quick": dict(
-        data="digits",
-        model="lenet5",
-        optimizer="sgd",
-        momentum=0.9,
-        learning_rates=_half_decades(-3.0, -0.5),
-        batch_sizes=[64, 256],
-        delays=[0, 2, 8],
-        seeds=[0],
-        epochs=10,
-    ),
+    "quick": dict(_JAIN, **_SMALL_GRID, data="digits", epochs=10),
     # About 12 minutes on a 2-core CPU with real Fashion-MNIST (apt-get install dataset-fashion-mnist).
-    "medium": dict(
-        data="idx:/usr/share/datasets/fashion-mnist",
-        model="lenet5",
-        optimizer="sgd",
-        momentum=0.9,
-        learning_rates=_half_decades(-3.0, -0.5),
-        batch_sizes=[64, 256],
-        delays=[0, 2, 8],
-        seeds=[0],
-        epochs=6,
-    ),
+    "medium": dict(_JAIN, **_SMALL_GRID, data="idx:/usr/share/datasets/fashion-mnist", epochs=6),
     # Jain et al.'s Figure 2 protocol (for a GPU/TPU): 300 configs, 30 epochs.
     # docs/methods.md#constant-delay-jain-et-al-2018
-    "paper": dict(
-        data="tfds:mnist",
-        model="lenet5",
-        optimizer="sgd",
-        momentum=0.9,
-        learning_rates=_half_decades(-5.0, -0.5),
-        batch_sizes=[64, 128, 256, 512, 1024],
-        delays=[0, 1, 2, 4, 6, 8],
-        seeds=[0],
-        epochs=30,
-    ),
+    "paper": dict(_JAIN, data="tfds:mnist", learning_rates=_half_decades(-5.0, -0.5),
+                  batch_sizes=[64, 128, 256, 512, 1024], delays=[0, 1, 2, 4, 6, 8], epochs=30),
     # A smoke test: seconds.
-    "tiny": dict(
-        data="digits",
-        model="lenet5",
-        optimizer="sgd",
-        momentum=0.9,
-        learning_rates=[0.01, 10.0],
-        batch_sizes=[128],
-        delays=[0, 1],
-        seeds=[0],
-        epochs=1,
-    ),
+    "tiny": dict(_JAIN, data="digits", learning_rates=[0.01, 10.0], batch_sizes=[128], delays=[0, 1], epochs=1),
 }
 
 
