@@ -371,10 +371,8 @@ def make_program(method: str, s: dict, problem: dict):
 
 
 def _histogram(values: np.ndarray) -> dict:
-    if values.size == 0:
-        return {"staleness": [], "count": []}
-    lo, hi = int(values.min()), int(values.max())
-    return {"staleness": list(range(lo, hi + 1)), "count": np.bincount(values - lo, minlength=hi - lo + 1).tolist()}
+    bins, counts = plots.integer_histogram(values)
+    return {"staleness": bins, "count": counts}
 
 
 def summarize_run(method: str, s: dict, norm0, norms, times, versions, trace) -> dict:

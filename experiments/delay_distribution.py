@@ -197,8 +197,7 @@ def simulate(s: dict) -> np.ndarray:
 def summarize(staleness: np.ndarray, s: dict) -> dict:
     """Statistics of the recorded staleness, the normal fit and the histogram counts."""
     x = staleness.astype(np.float64)
-    lo, hi = int(staleness.min()), int(staleness.max())
-    counts = np.bincount(staleness - lo, minlength=hi - lo + 1)
+    bins, counts = plots.integer_histogram(staleness)
     d = x - x.mean()
     m2 = float(np.mean(d**2))
     # shape against a normal (0 and 0 there); undefined (NaN, None in JSON) without spread
@@ -214,14 +213,14 @@ def summarize(staleness: np.ndarray, s: dict) -> dict:
         arrivals=int(staleness.size),
         mean=float(x.mean()),
         std=float(x.std()),
-        min=lo,
-        max=hi,
+        min=bins[0],
+        max=bins[-1],
         skewness=skewness,
         excess_kurtosis=excess_kurtosis,
         # maximum-likelihood normal fit: the sample mean and the (ddof = 0) sample std
         normal_fit=dict(mu=float(x.mean()), sigma=float(x.std())),
         expected_mean=s["workers"] - 1,
-        histogram=dict(staleness=list(range(lo, hi + 1)), count=[int(c) for c in counts]),
+        histogram=dict(staleness=bins, count=counts),
     )
 
 

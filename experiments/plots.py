@@ -18,6 +18,42 @@ def _pyplot():
     return plt
 
 
+def _save(fig, path: str, title: str = "", *, axes=None, used: int | None = None, fontsize=11) -> None:
+    """Hides the unused panels of a grid, sets the title, writes ``path`` and closes the figure."""
+    import matplotlib.pyplot as plt
+
+    if axes is not None:
+        flat = [ax for row in axes for ax in row]
+        for ax in flat[used:]:
+            ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=fontsize)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def integer_histogram(values) -> tuple[list[int], list[int]]:
+    """The counts of integer ``values`` in the consecutive bins ``min .. max`` (empty: no bins)."""
+    values = np.asarray(values, dtype=np.int64)
+    if values.size == 0:
+        return [], []
+    lo, hi = int(values.min()), int(values.max())
+    return list(range(lo, hi + 1)), np.bincount(values - lo, minlength=hi - lo + 1).tolist()
+
+
+def _rebin(values, counts, max_bins: int):
+    """Integer bins merged ``width`` at a time so that at most ``max_bins`` remain: (centres, counts, width)."""
+    values, counts = np.asarray(values, dtype=int), np.asarray(counts, dtype=float)
+    width = max(1, math.ceil(len(values) / max_bins))
+    pad = (-len(counts)) % width
+    counts = np.concatenate([counts, np.zeros(pad)]).reshape(-1, width).sum(axis=1)
+    return values[0] + width * np.arange(len(counts)) + (width - 1) / 2, counts, width
+
+
+def _normal_pdf(x, mu: float, sigma: float):
+    return np.exp(-0.5 * ((x - mu) / sigma) ** 2) / (sigma * math.sqrt(2 * math.pi))
+
+
 def lr_label(lr: float) -> str:
     """``0.0031622`` → ``'$10^{-2.5}$'`` for half-decade powers of ten, else ``'3.16e-03'``."""
     e = math.log10(lr)
@@ -109,8 +145,7 @@ def delay_heatmaps(records: Sequence[Mapping], path: str, title: str = "") -> No
         fig.colorbar(im, ax=axes, shrink=0.8, label="test accuracy († diverged)")
     if title:
         fig.suptitle(title)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def staleness_histogram(
@@ -145,7 +180,7 @@ def staleness_histogram(
     )
     if mu is not None and sigma is not None and sigma > 0:
         x = np.linspace(min(values.min(), mu - 4 * sigma), max(values.max(), mu + 4 * sigma), 400)
-        pdf = np.exp(-0.5 * ((x - mu) / sigma) ** 2) / (sigma * math.sqrt(2 * math.pi))
+        pdf = _normal_pdf(x, mu, sigma)
         ax.plot(x, pdf, color="tab:red", lw=2, label=f"normal fit: μ = {mu:.2f}, σ = {sigma:.2f}")
     if expected is not None:
         ax.axvline(expected, color="black", ls="--", lw=1.5, label=f"N − 1 = {expected:g}")
@@ -155,8 +190,7 @@ def staleness_histogram(
     ax.legend(loc="upper right", fontsize=9)
     if title:
         ax.set_title(title, fontsize=10)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def staleness_vs_workers(
@@ -231,10 +265,7 @@ def staleness_vs_workers(
         ax.set_ylim(bottom=0.5 * min(mean[shown].min(), lows[lows > 0].min(initial=np.inf)))
     ax.set_title("mean staleness against N", fontsize=10)
     bx.set_title("spread of the staleness against N", fontsize=10)
-    if title:
-        fig.suptitle(title, fontsize=11)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path, title)
 
 
 def staleness_histogram_panels(panels: Sequence[Mapping], path: str, *, title: str = "", max_bins: int = 60):
@@ -258,21 +289,14 @@ def staleness_histogram_panels(panels: Sequence[Mapping], path: str, *, title: s
         values = np.asarray(p["staleness"], dtype=int)
         counts = np.asarray(p["count"], dtype=float)
         total = counts.sum()
-        width = max(1, math.ceil(len(values) / max_bins))
-        if width > 1:
-            pad = (-len(counts)) % width
-            counts = np.concatenate([counts, np.zeros(pad)]).reshape(-1, width).sum(axis=1)
-            left = values[0] + width * np.arange(len(counts))
-            centres = left + (width - 1) / 2
-        else:
-            centres = values.astype(float)
+        centres, counts, width = _rebin(values, counts, max_bins)
         density = counts / (total * width)
         ax.bar(centres, density, width=width, color="tab:blue", alpha=0.6, edgecolor="white")
         top = density.max()
         mu, sigma, n = p["mu"], p["sigma"], p["workers"]
         if sigma is not None and sigma > 0:
             x = np.linspace(min(values.min(), mu - 4 * sigma), max(values.max(), mu + 4 * sigma), 300)
-            pdf = np.exp(-0.5 * ((x - mu) / sigma) ** 2) / (sigma * math.sqrt(2 * math.pi))
+            pdf = _normal_pdf(x, mu, sigma)
             ax.plot(x, pdf, color="tab:red", lw=1.8, label=f"normal fit μ={mu:.2f}, σ={sigma:.2f}")
             top = max(top, pdf.max())
         ax.axvline(n - 1, color="black", ls="--", lw=1.2, label=f"N − 1 = {n - 1}")
@@ -283,12 +307,7 @@ def staleness_histogram_panels(panels: Sequence[Mapping], path: str, *, title: s
         ax.set_ylabel("density", fontsize=9)
         ax.set_ylim(0, 1.35 * top)  # room for the legend above the peak
         ax.legend(loc="upper right", fontsize=7.5)
-    for i in range(k, rows * cols):
-        axes[i // cols][i % cols].axis("off")
-    if title:
-        fig.suptitle(title, fontsize=11)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path, title, axes=axes, used=k, fontsize=11)
 
 
 # --- asgrad: methods on heterogeneous logistic regression ----------------------------------------------
@@ -334,10 +353,7 @@ def grad_norm_curves(series: Sequence[Mapping], path: str, *, title: str = "") -
     ax.legend(fontsize=8, loc="best")
     ax.set_title("against iterations", fontsize=10)
     bx.set_title("against simulated time", fontsize=10)
-    if title:
-        fig.suptitle(title, fontsize=11)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path, title)
 
 
 def worker_shares(
@@ -373,8 +389,7 @@ def worker_shares(
     ax.grid(True, axis="y", alpha=0.3)
     if title:
         ax.set_title(title, fontsize=10)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def staleness_by_method(panels: Sequence[Mapping], path: str, *, title: str = "", max_bins: int = 60) -> None:
@@ -398,10 +413,7 @@ def staleness_by_method(panels: Sequence[Mapping], path: str, *, title: str = ""
         total = counts.sum()
         color, _ = _method_style(p["method"], i)
         if total > 0:
-            width = max(1, math.ceil(len(values) / max_bins))
-            pad = (-len(counts)) % width
-            counts = np.concatenate([counts, np.zeros(pad)]).reshape(-1, width).sum(axis=1)
-            centres = values[0] + width * np.arange(len(counts)) + (width - 1) / 2
+            centres, counts, width = _rebin(values, counts, max_bins)
             ax.bar(centres, counts / total, width=width, color=color, alpha=0.7, edgecolor="white")
             mean = float(np.dot(np.asarray(p["staleness"], float), np.asarray(p["count"], float)) / total)
             ax.axvline(mean, color="black", ls="--", lw=1.0, label=f"mean {mean:.1f}")
@@ -413,12 +425,7 @@ def staleness_by_method(panels: Sequence[Mapping], path: str, *, title: str = ""
         ax.set_ylabel("fraction of arrivals", fontsize=9)
         if total > 0 or p.get("threshold") is not None:
             ax.legend(fontsize=7.5, loc="upper right")
-    for i in range(k, rows * cols):
-        axes[i // cols][i % cols].axis("off")
-    if title:
-        fig.suptitle(title, fontsize=11)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path, title, axes=axes, used=k, fontsize=11)
 
 
 def step_size_scores(
@@ -448,8 +455,7 @@ def step_size_scores(
     ax.legend(fontsize=8, ncol=2)
     if title:
         ax.set_title(title, fontsize=10)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def accuracy_panels(
@@ -488,12 +494,7 @@ def accuracy_panels(
         if k % cols == 0:
             ax.set_ylabel("test accuracy")
         ax.legend(fontsize=7, loc="lower right")
-    for k in range(n, rows * cols):
-        axes[k // cols][k % cols].axis("off")
-    if title:
-        fig.suptitle(title, fontsize=11)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path, title, axes=axes, used=n, fontsize=11)
 
 
 def grouped_bars(
@@ -529,5 +530,4 @@ def grouped_bars(
     ax.legend(fontsize=7, ncol=min(len(methods), 4), loc="lower right")
     if title:
         ax.set_title(title, fontsize=10)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
