@@ -114,7 +114,8 @@ class Arrival(NamedTuple):
     new_slot: jax.Array
 
 
-_READ_THROUGH = ("time", "version", "dispatched", "arrivals", "last_staleness", "last_worker", "next_worker", "jobs")
+_READ_THROUGH = ("time", "version", "dispatched", "arrivals", "last_staleness", "last_worker", "next_worker",
+                 "jobs")
 
 
 def reads_events(cls):
@@ -179,7 +180,8 @@ def _check_scales(model, size: int) -> None:
 
 
 def active_workers(state: EventState, version=None) -> jax.Array:
-    r"""Active workers after ``version`` (default: the state's) server steps: :math:`\min(n, n_0 + a\lfloor v/e\rfloor)`."""
+    r"""Active workers after ``version`` server steps (default: the state's): :math:`\min(n, n_0 + a\lfloor
+    v/e\rfloor)`."""
     version = state.version if version is None else version
     grown = state.initial_workers + state.add_workers * (version // jnp.maximum(state.add_every, 1))
     return jnp.clip(grown, 1, state.workers)

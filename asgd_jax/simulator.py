@@ -5,7 +5,8 @@ r"""Asynchronous parameter servers assembled from parts: events, a gradient pool
 in-flight gradients (and, when a rule needs them, the parameters each job was
 computed at) and hands the arriving gradient to a chain of server rules
 (:mod:`asgd_jax.rules`) ending in the server optimizer, passing ``staleness``,
-``stale_params``, ``active_workers`` and ``worker`` as optax extra arguments.
+``stale_params``, ``active_workers``, ``worker`` and ``accepted`` as optax
+extra arguments.
 :func:`asynchronous` assembles the common systems from these parts, the way
 ``optax.adamw`` assembles ``scale_by_adam``; :func:`asgd_jax.synchronous` is the
 barrier system.
@@ -180,8 +181,9 @@ def parameter_server(server: optax.GradientTransformation, workers, *, timing=1.
     parameters the job was computed at, when ``keep_params``), ``active_workers``,
     ``worker`` and ``accepted`` (the staleness is within every ``max_staleness``
     field of the chain's state, i.e. no drop rule will discard it: rules with a
-    memory, such as DC-ASGD-a's mean square, learn only from accepted arrivals). The server's version counts the arrivals that were steps:
-    all of them, unless a rule withholds a step by the ``stepped`` convention of
+    memory, such as DC-ASGD-a's mean square, learn only from accepted arrivals).
+    The server's version counts the arrivals that were steps: all of them,
+    unless a rule withholds a step by the ``stepped`` convention of
     :mod:`asgd_jax.rules`. A call without an arrival, or whose arrival was not a
     step, emits zero updates; the chain's state moves only on arrivals.
 
@@ -237,8 +239,8 @@ def parameter_server(server: optax.GradientTransformation, workers, *, timing=1.
             stale_params, stale = write_then_read(stale_params, params, arrival.new_slot, arrival.slot)
         new_updates, new_server = server.update(
             g, state.server_state, params, staleness=arrival.staleness, stale_params=stale,
-            active_workers=active, worker=arrival.worker, accepted=_accepted(state.server_state, arrival.staleness),
-            **extra_args)
+            active_workers=active, worker=arrival.worker,
+            accepted=_accepted(state.server_state, arrival.staleness), **extra_args)
         stepped = _stepped(new_server)
         stepped = arrival.arrived if stepped is None else arrival.arrived & stepped
         server_state = jax.tree.map(lambda a, b: jnp.where(arrival.arrived, a, b), new_server, state.server_state)
