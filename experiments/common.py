@@ -294,7 +294,7 @@ def load_data(spec: str, data_dir: str | None = None):
 
 def write_text(path: str, text: str) -> None:
     """Writes ``text`` to ``path`` whole or not at all (a temporary file renamed over it)."""
-    tmp = path + ".tmp"
+    tmp = f"{path}.tmp{os.getpid()}"  # per process: two processes of one sweep may write the same file
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
     os.replace(tmp, path)

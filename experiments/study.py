@@ -239,7 +239,7 @@ class Context:
     def figure(self, name: str) -> str:
         """The path to draw figure ``name`` to (renamed into place once the report is written)."""
         self._figures.append(name)
-        return os.path.join(self.out, f".tmp-{name}")
+        return os.path.join(self.out, f".tmp-{os.getpid()}-{name}")  # per process: several may write at once
 
 
 @dataclasses.dataclass
@@ -392,7 +392,7 @@ def run(study: Study, args) -> int:
     text, lines = study.finish(ctx, records)
     figures = list(dict.fromkeys(ctx._figures))
     for name in figures:
-        os.replace(os.path.join(ctx.out, f".tmp-{name}"), os.path.join(ctx.out, name))
+        os.replace(os.path.join(ctx.out, f".tmp-{os.getpid()}-{name}"), os.path.join(ctx.out, name))
     write_text(os.path.join(ctx.out, "report.md"), text)
     write_text(json_path, json.dumps(jsonable(info), indent=2))
     for line in lines:
