@@ -69,6 +69,10 @@ def main(argv=None) -> int:
     except UsageError as e:
         print(f"python -m experiments {args.study}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"python -m experiments {args.study}: interrupted; the results already written stay (rerun the "
+              "same command to resume).", file=sys.stderr)
+        return 130
 
 
 def _run_study(study, args) -> int:

@@ -555,8 +555,15 @@ def data_label(s: dict, problem_shape: tuple[int, int] | None = None) -> str:
     return f"{text}; {split} split"
 
 
+def speeds_text(speeds, most: int = 12) -> str:
+    """The mean compute times, all of them up to ``most``, else the first and last few."""
+    if len(speeds) <= most:
+        return ", ".join(f"{v:g}" for v in speeds)
+    return ", ".join(f"{v:g}" for v in speeds[:5]) + ", …, " + ", ".join(f"{v:g}" for v in speeds[-3:])
+
+
 def timing_label(s: dict) -> str:
-    speeds = ", ".join(f"{v:g}" for v in s["speeds"])
+    speeds = speeds_text(s["speeds"])
     if s["timing"] == "normal":
         law = f"normal with std = {s['sigma']:g} × mean before truncation to > 0 (AsGrad's model)"
     elif s["timing"] == "lognormal":
@@ -608,19 +615,28 @@ def report(s: dict, analysis: dict, preset: str | None, problem_shape=None) -> s
             f"| {_fmt(r['staleness_mean'], '.2f')} / {_fmt(r['staleness_max'], 'd')} | {r['share_dev']:.3f} |"
         )
     law = np.asarray(analysis["pure_law"])
+    # Every worker's column up to plots.MAX_BARS workers; beyond, the 5 fastest and the 5 slowest (the figure
+    # shows all).
+    cols = list(range(n)) if n <= plots.MAX_BARS else [*range(5), None, *range(n - 5, n)]
+
+    def pct(values) -> str:
+        return " | ".join(f"{100 * values[i]:.1f}" if i is not None else "…" for i in cols)
+
     lines += [
         "",
         (
             "Share of applied updates per worker (%, mean over seeds; a gradient is applied when it enters a "
-            "server step):"
+            "server step" + ("" if n <= plots.MAX_BARS else f"; workers 1-5 and {n - 4}-{n} of {n}, all in "
+                             "`shares.png`") + "):"
         ),
         "",
-        "| method | " + " | ".join(f"w{i + 1} (s={v:g})" for i, v in enumerate(s["speeds"])) + " |",
-        "|---|" + "---:|" * n,
-        "| ∝ 1/s_i (pure's law) | " + " | ".join(f"{100 * v:.1f}" for v in law) + " |",
+        "| method | " + " | ".join(f"w{i + 1} (s={s['speeds'][i]:g})" if i is not None else "…" for i in cols)
+        + " |",
+        "|---|" + "---:|" * len(cols),
+        "| ∝ 1/s_i (pure's law) | " + pct(law) + " |",
     ]
     for m, r in rows.items():
-        lines.append(f"| {m} | " + " | ".join(f"{100 * v:.1f}" for v in r["shares"]) + " |")
+        lines.append(f"| {m} | " + pct(r["shares"]) + " |")
     lines += ["", "## Beside the papers", ""]
     lines += findings(s, analysis)
     lines += [
@@ -761,7 +777,7 @@ def make_figures(s: dict, analysis: dict, figure) -> None:
     """The figures, each drawn to ``figure(name)``."""
     rows = analysis["rows"]
     title = "\n".join([*data_label(s).split("; "),
-                       f"{s['workers']} workers, s_i = {', '.join(f'{v:g}' for v in s['speeds'])}"])
+                       f"{s['workers']} workers, s_i = {speeds_text(s['speeds'])}"])
     series = []
     for m, r in rows.items():
         series.append({

@@ -117,6 +117,31 @@ def _measure(trainer, k: int, loop: str, chunk: int | None) -> float:
     return k * trainer.steps_per_epoch * trainer.config.batch_size / sum(times)
 
 
+# Copies of the model that the overhead table's variants hold per simulated worker, all together (the
+# delayed queue, per-worker parameters and gradients of the four asynchronous/synchronous variants), with room.
+_COPIES_PER_WORKER = 12
+
+
+def _check_overhead_memory(workers: int) -> None:
+    """One-line UsageError when the overhead table's states for ``workers`` workers cannot fit in memory."""
+    import jax
+
+    import asgd_jax
+    from asgd_jax.sweep import device_memory_bytes
+
+    shapes = jax.eval_shape(lambda: asgd_jax.LeNet5().init(jax.random.key(0), np.zeros((1, 28, 28, 1)))["params"])
+    params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
+    need = _COPIES_PER_WORKER * workers * params * 4
+    have = device_memory_bytes()
+    if have is not None and need > 0.8 * have:
+        most = max(1, int(0.8 * have // (_COPIES_PER_WORKER * params * 4)))
+        raise common.UsageError(
+            f"--workers {workers}: the overhead table holds about {need / 2**30:.1f} GiB of worker state "
+            f"({_COPIES_PER_WORKER} copies of LeNet-5's {params} parameters per worker), more than the "
+            f"{0.8 * have / 2**30:.1f} GiB usable here; use at most --workers {most}."
+        )
+
+
 def _overhead(batch: int, workers: int, rounds: int = 7, steps: int = 60) -> list[dict]:
     """Time per jitted LeNet-5 step for plain SGD and for simulated systems around it."""
     import jax
@@ -184,6 +209,8 @@ def run(args) -> int:
     batch_sizes = Option("batch_sizes", int, many=True, low=1, high=samples).parse(args.batch_sizes)
     args.configs = Option("configs", int, low=1).parse(args.configs)
     args.workers = Option("workers", int, low=1).parse(args.workers)
+    if args.only != "throughput":
+        _check_overhead_memory(args.workers)
     out = common.prepare_out_dir(args.out)
     import jax
     from asgd_jax import TrainConfig, Trainer

@@ -115,7 +115,7 @@ OPTIONS = (
                  help="comma-separated lambda_0 >= 0 of DC-ASGD-a (the paper's default: 2)"),
     study.Option("batch_size", int, low=1),
     study.EPOCHS,
-    study.Option("momentum", float, low=0, help="server SGD momentum (default 0, the paper's plain update)"),
+    study.momentum_option(help="server SGD momentum (default 0, the paper's plain update)"),
     *study.timing_options("std of normal / sigma of lognormal / half-width of uniform (default 0.2)"),
     study.SEEDS,
 )
@@ -232,7 +232,7 @@ def report(s: dict, best: dict, dataset_name: str, steps_per_epoch: int) -> str:
         "",
         f"Plain SGD server (momentum {s['momentum']:g}), batch {s['batch_size']} per gradient, {s['epochs']} epochs "
         f"({steps_per_epoch} gradients per epoch for every method), M = {', '.join(map(str, s['workers']))} workers "
-        f"with {s['timing']} compute times (mean 1, spread {s['time_spread']:g}); learning rates "
+        f"with {study.timing_text(s)}; learning rates "
         f"{', '.join(f'{v:g}' for v in s['learning_rates'])}; DC-ASGD-c λ ∈ {{{', '.join(f'{v:g}' for v in s['lambdas_c'])}}}, "
         f"DC-ASGD-a λ0 ∈ {{{', '.join(f'{v:g}' for v in s['lambdas_a'])}}}; seeds {s['seeds']}. Per M and method, "
         "the setting with the highest final test accuracy (mean over seeds); sequential SGD (1 worker) is the same "

@@ -50,7 +50,7 @@ OPTIONS = (
     study.SEEDS,
     study.EPOCHS,
     study.Option("optimizer", str, choices=("sgd", "adam", "adagrad")),
-    study.Option("momentum", float, low=0, help="SGD momentum (default 0.9)",
+    study.momentum_option(help="SGD momentum (default 0.9)",
                  applies=study.only_for("optimizer", ("sgd",))),
     study.Option("model", str, choices=("lenet5", "mlp")),
 )

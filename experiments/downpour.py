@@ -88,7 +88,7 @@ OPTIONS = (
     study.Option("straggler_fraction", float, low=0, high=1, help="fraction of the workers that are stragglers"),
     study.Option("straggler_slowdown", float, above=0, help="how many times slower a straggler is"),
     *study.timing_options("std of normal / sigma of lognormal / half-width of uniform (default 0.2)"),
-    study.Option("momentum", float, low=0, help="momentum of the SGD server (default 0)"),
+    study.momentum_option(help="momentum of the SGD server (default 0)"),
     study.Option("batch_size", int, low=1),
     study.EPOCHS,
     study.SEEDS,
@@ -186,7 +186,7 @@ def report(s: dict, best: dict, methods: list[str], dataset_name: str, w: int) -
         f"# Downpour SGD (Dean et al. 2012) — {s['model']} on {dataset_name}",
         "",
         f"n = {s['workers']} workers, {stragglers} of them stragglers ({s['straggler_slowdown']:g}× slower), "
-        f"{s['timing']} compute times (mean 1, spread {s['time_spread']:g}); batch {s['batch_size']} per gradient, "
+        f"{study.timing_text(s)}; batch {s['batch_size']} per gradient, "
         f"{s['epochs']} epochs of gradients; warm start / introduction over W = {w} server steps "
         f"({s['warm_epochs']:g} epochs); SGD server momentum {s['momentum']:g}, learning rates "
         f"{', '.join(f'{v:g}' for v in s['sgd_learning_rates'])}; Adagrad learning rates "

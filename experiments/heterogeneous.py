@@ -76,7 +76,7 @@ OPTIONS = (
     study.Option("learning_rates", float, many=True, above=0, help="comma-separated"),
     study.Option("batch_size", int, low=1),
     study.EPOCHS,
-    study.Option("momentum", float, low=0, high=0.999, help="server SGD momentum (default 0)"),
+    study.momentum_option(help="server SGD momentum (default 0)"),
     study.Option("rennala_batch", int, low=1, help="Rennala's S: gradients of the current version per step"),
     study.Option("ringmaster_r", int, low=0, help="Ringmaster's R: drop arrivals staler than this"),
     *study.timing_options("std of normal / sigma of lognormal / half-width of uniform, relative to the mean"),

@@ -356,6 +356,9 @@ def grad_norm_curves(series: Sequence[Mapping], path: str, *, title: str = "") -
     _save(fig, path, title)
 
 
+MAX_BARS = 40  # workers up to which worker_shares draws bars (one per worker and method)
+
+
 def worker_shares(
     methods: Sequence[str],
     shares: Sequence[Sequence[float]],
@@ -373,16 +376,24 @@ def worker_shares(
     plt = _pyplot()
     shares = np.asarray(shares, dtype=float)
     k, n = shares.shape
-    fig, ax = plt.subplots(figsize=(max(7.5, 0.9 * n + 3), 4.6), constrained_layout=True)
+    bars = n <= MAX_BARS  # beyond, one line per method: the figure's size and cost stay bounded in n
+    fig, ax = plt.subplots(figsize=(max(7.5, 0.9 * n + 3) if bars else 10, 4.6), constrained_layout=True)
     width = 0.8 / k
-    x = np.arange(n)
+    x = np.arange(n) if bars else np.arange(1, n + 1)
     for i, name in enumerate(methods):
         color, _ = _method_style(name, i)
-        ax.bar(x - 0.4 + width * (i + 0.5), shares[i], width=width, color=color, alpha=0.8, label=name)
-    ax.axhline(1.0 / n, color="gray", ls="--", lw=1.2, label=f"equal share 1/n = {1 / n:.3f}")
+        if bars:
+            ax.bar(x - 0.4 + width * (i + 0.5), shares[i], width=width, color=color, alpha=0.8, label=name)
+        else:
+            ax.plot(x, shares[i], color=color, lw=1.2, alpha=0.85, label=name)
+    ax.axhline(1.0 / n, color="gray", ls="--", lw=1.2, label=f"equal share 1/n = {1 / n:.3g}")
     if predicted is not None:
-        ax.plot(x, predicted, "k_", ms=18, mew=2.5, label="∝ 1/(mean compute time)")
-    ax.set_xticks(x, [str(w + 1) for w in range(n)])
+        if bars:
+            ax.plot(x, predicted, "k_", ms=18, mew=2.5, label="∝ 1/(mean compute time)")
+        else:
+            ax.plot(x, predicted, "k:", lw=1.5, label="∝ 1/(mean compute time)")
+    if bars:
+        ax.set_xticks(x, [str(w + 1) for w in range(n)])
     ax.set_xlabel("worker (ordered by mean compute time)")
     ax.set_ylabel("share of applied updates")
     ax.legend(fontsize=8, ncol=2)

@@ -256,7 +256,7 @@ def _load_digits() -> data_lib.Dataset:
 # --- IDX ----------------------------------------------------------------------------------------
 
 
-def _read_idx(path: str) -> np.ndarray:
+def _read_idx(path: str, want_ndim: int | None = None) -> np.ndarray:
     try:
         with open(path, "rb") as f:
             raw = f.read()
@@ -271,6 +271,14 @@ def _read_idx(path: str) -> np.ndarray:
             raise DataSourceError(
                 f"{path}: corrupt gzip data ({_first_line(e)}); download the file again"
             ) from None
+    if want_ndim is not None and len(raw) >= 4:
+        magic = int.from_bytes(raw[:4], "big")
+        if raw[0] != 0 or raw[1] != 0 or raw[3] != want_ndim:
+            kind = "images" if want_ndim == 3 else "labels"
+            raise DataSourceError(
+                f"{path}: not an IDX {kind} file: magic number {magic:#010x}, expected 0x000008{want_ndim:02x} "
+                f"(two zero bytes, a type code, {want_ndim} dimension(s)); is this the right file?"
+            )
     try:
         return data_lib.decode_idx(raw, what=path)
     except ValueError as e:
@@ -282,13 +290,18 @@ def _load_idx(spec: str, directory: str) -> data_lib.Dataset:
     arrays = {}
     for role, path in paths.items():
         assert path is not None  # parse_source checked
-        a = _read_idx(path)
         want = 3 if role.endswith("images") else 1
+        a = _read_idx(path, want)
         if a.ndim != want:
             layout = "(N, rows, cols)" if want == 3 else "(N,)"
             raise DataSourceError(
                 f"{path}: expected a {want}-D array {layout}, got shape {a.shape}; is this the right file?"
             )
+        if a.shape[0] == 0:
+            raise DataSourceError(f"{path}: holds 0 {role.split('_')[1]}; a study needs at least one, "
+                                  "download the file again")
+        if want == 3 and 0 in a.shape[1:]:
+            raise DataSourceError(f"{path}: images of {a.shape[1]} x {a.shape[2]} pixels; is this the right file?")
         if role.endswith("labels") and not np.issubdtype(a.dtype, np.integer):
             raise DataSourceError(f"{path}: labels must be integers, got {a.dtype}; is this the right file?")
         arrays[role] = a

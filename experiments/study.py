@@ -43,6 +43,7 @@ from experiments.common import (
     check_source,
     jsonable,
     load_data,
+    claim_out_dir,
     prepare_out_dir,
     progress,
     write_text,
@@ -58,7 +59,7 @@ class Option:
 
     ``kind``: ``int``, ``float``, ``str`` or ``bool`` (a flag that stores ``store``).
     ``many``: a comma-separated list (no empty item; no value twice unless not ``unique``).
-    ``low``/``high``: inclusive bounds; ``above``: an exclusive lower bound.
+    ``low``/``high``: inclusive bounds; ``above``/``below``: exclusive bounds.
     ``choices``: the allowed values. ``check``: ``value -> None`` raising UsageError.
     ``applies``: ``settings -> None`` when the option applies to them, else the fix to print.
     ``run_option``: how to run, not what (kept out of the settings in ``study.json``).
@@ -71,6 +72,7 @@ class Option:
     low: float | None = None
     high: float | None = None
     above: float | None = None
+    below: float | None = None
     choices: Sequence | None = None
     check: Callable[[Any], None] | None = None
     applies: Callable[[dict], str | None] | None = None
@@ -144,6 +146,8 @@ class Option:
             raise UsageError(f"{what} must be >= {self.low:g}, got {v:g}.")
         if self.high is not None and v > self.high:
             raise UsageError(f"{what} must be <= {self.high:g}, got {v:g}.")
+        if self.below is not None and not v < self.below:
+            raise UsageError(f"{what} must be < {self.below:g}, got {v:g}.")
 
 
 def not_for(key: str, values: Iterable, why: str = "") -> Callable[[dict], str | None]:
@@ -173,7 +177,14 @@ def only_for(key: str, values: Iterable, why: str = "") -> Callable[[dict], str 
 
 # Options shared by the studies that train through asgd_jax.Trainer.
 DATA = Option("data", str, help=sources.SOURCES_HELP, check=check_source)
-DATA_DIR = Option("data_dir", str, help="TFDS data directory (tfds: sources only)", run_option=True)
+def _tfds_only(s: dict) -> str | None:
+    if not str(s.get("data", "")).startswith("tfds:"):
+        return f"applies only to --data tfds:<name> (got {s.get('data')}); leave it out."
+    return None
+
+
+DATA_DIR = Option("data_dir", str, help="TFDS data directory (tfds: sources only)", run_option=True,
+                  applies=_tfds_only)
 LOOP = Option("loop", str, choices=("auto", "step", "scan"), run_option=True,
               help="scan (auto): each epoch one compiled program; step: one jitted step per call from Python")
 CHUNK_SIZE = Option("chunk_size", int, low=0, run_option=True,
@@ -181,6 +192,11 @@ CHUNK_SIZE = Option("chunk_size", int, low=0, run_option=True,
                     "0 = whole group)")
 SEEDS = Option("seeds", int, many=True, help="comma-separated seeds, e.g. 0,1,2")
 EPOCHS = Option("epochs", int, low=1)
+
+
+def momentum_option(help: str = "SGD momentum", **kw) -> Option:
+    """``--momentum``: a number in [0, 1) (1 never forgets a gradient; above 1 or below 0 diverges)."""
+    return Option("momentum", float, low=0, below=1, help=help, **kw)
 TRAINING = (DATA, DATA_DIR, LOOP, CHUNK_SIZE)
 RUN_DEFAULTS = {"loop": "auto", "chunk_size": None, "data_dir": None}
 
@@ -195,6 +211,13 @@ def timing_options(spread_help: str, laws: Sequence[str] | None = None) -> tuple
         Option("time_spread", float, low=0, help=spread_help,
                applies=not_for("timing", ("fixed", "exponential"), " (no spread)")),
     )
+
+
+def timing_text(s: dict) -> str:
+    """How a report names the compute-time law of ``s`` (the spread only where the law has one)."""
+    if s["timing"] in ("fixed", "exponential"):
+        return f"{s['timing']} compute times (mean 1)"
+    return f"{s['timing']} compute times (mean 1, spread {s['time_spread']:g})"
 
 
 # --- the study -----------------------------------------------------------------------------------------
@@ -216,7 +239,7 @@ class Context:
     def figure(self, name: str) -> str:
         """The path to draw figure ``name`` to (renamed into place once the report is written)."""
         self._figures.append(name)
-        return os.path.join(self.out, f".tmp-{name}")
+        return os.path.join(self.out, f".tmp-{os.getpid()}-{name}")  # per process: several may write at once
 
 
 @dataclasses.dataclass
@@ -256,6 +279,7 @@ class Study:
     label_fields: tuple = ("method",)
     out_default: Callable | None = None
     study_json: Callable | None = None
+    record_fields: tuple = ()  # fields finish() reads as numbers: each record must hold a number or null there
 
     def config_id(self, config: dict) -> str:
         from asgd_jax.sweep import config_id
@@ -313,7 +337,13 @@ def run(study: Study, args) -> int:
     ctx = Context(study, preset, settings, given, run_opts)
     study.configs(ctx)  # every check that needs no data, before anything is read or written
     default_out = study.out_default(ctx) if study.out_default else f"{study.name}-{preset}"
-    ctx.out = prepare_out_dir(args.out or os.path.join("runs", default_out))
+    ctx.out = prepare_out_dir(args.out or os.path.join("runs", default_out))  # writable, checked
+    json_path = os.path.join(ctx.out, "study.json")
+    data_source = settings.get("data")
+    info = {"study": study.name, "data": data_source, "preset": preset,
+            "settings": {k: v for k, v in settings.items()}, "num_configs": None}
+    if claim_out_dir(ctx.out, study.name, data_source) is None:  # another study or data source: refused
+        write_text(json_path, json.dumps(jsonable(info), indent=2))  # the folder is this study's from now on
     if study.load is not None:
         ctx.data = study.load(ctx)
     configs = study.configs(ctx)
@@ -324,20 +354,15 @@ def run(study: Study, args) -> int:
     main_path = os.path.join(ctx.out, "results.jsonl")
     parts = [os.path.join(ctx.out, f"results.p{k}.jsonl") for k in range(nproc)] if nproc > 1 else []
     results = ResultsFile(parts[pid] if parts else main_path, extra_paths=[main_path, *parts] if parts else ())
+    results.check_numbers(ids, study.record_fields)  # the report will read them: refused now, not after training
     if results.repaired:
         print(f"note: moved the cut-off last line of {results.path} to {results.path}.partial (a killed run)")
-    if results.skipped_lines:
-        print(f"warning: skipped {results.skipped_lines} unreadable line(s) of {results.path}")
     units = study.plan(ctx, [c for _, c in unique])
     todo = [u for u in units if not all(study.config_id(c) in results.records for c in u.configs)]
     mine = todo[pid::nproc]
-    json_path = os.path.join(ctx.out, "study.json")
-    info = {"study": study.name, "preset": preset,
-            "settings": {k: v for k, v in settings.items()}, "num_configs": len(configs)}
+    info["num_configs"] = len(configs)
     if study.study_json is not None:
         info.update(study.study_json(ctx))
-    if not os.path.exists(json_path):
-        write_text(json_path, json.dumps(jsonable(info), indent=2))
     num_todo = sum(sum(study.config_id(c) not in results.records for c in u.configs) for u in mine)
     devices = jax.local_device_count()
     where = f" over {devices} devices" if devices > 1 else ""
@@ -367,7 +392,7 @@ def run(study: Study, args) -> int:
     text, lines = study.finish(ctx, records)
     figures = list(dict.fromkeys(ctx._figures))
     for name in figures:
-        os.replace(os.path.join(ctx.out, f".tmp-{name}"), os.path.join(ctx.out, name))
+        os.replace(os.path.join(ctx.out, f".tmp-{os.getpid()}-{name}"), os.path.join(ctx.out, name))
     write_text(os.path.join(ctx.out, "report.md"), text)
     write_text(json_path, json.dumps(jsonable(info), indent=2))
     for line in lines:
@@ -404,10 +429,34 @@ def training_configs(grids: list[tuple[str, dict]], num_train: int | None) -> li
     from asgd_jax.sweep import expand_grid, normalize_config
 
     try:
-        return [{**normalize_config(c, num_train), "method": m(c) if callable(m) else m}
-                for m, g in grids for c in expand_grid(g)]
+        configs = [{**normalize_config(c, num_train), "method": m(c) if callable(m) else m}
+                   for m, g in grids for c in expand_grid(g)]
     except ValueError as e:
         raise UsageError(str(e)) from None
+    if num_train:
+        for c in configs:
+            check_can_train(c, num_train)
+    return configs
+
+
+def check_can_train(config: dict, num_train: int) -> None:
+    """One-line UsageError for a config that cannot train: its run has ``epochs * (num_train // batch_size)``
+    gradients, and a delay of that many steps or more applies none of them, and more workers than gradients
+    leave workers that never deliver one (a synchronous server then never steps)."""
+    batch, epochs = config.get("batch_size"), config.get("epochs")
+    if not (isinstance(batch, int) and isinstance(epochs, int) and batch > 0):
+        return
+    per_epoch = num_train // batch
+    gradients = epochs * per_epoch
+    run = (f"{epochs} epoch(s) x {per_epoch} batches of {batch} from {num_train} training samples = "
+           f"{gradients} gradients")
+    delay, workers = config.get("delay"), config.get("workers")
+    if isinstance(delay, int) and delay >= max(gradients, 1):
+        raise UsageError(f"delay {delay} >= the {gradients} steps of a run ({run}): no gradient would be applied; "
+                         "lower the delay or train longer.")
+    if isinstance(workers, int) and workers > gradients:
+        raise UsageError(f"{workers} workers > the gradients of a run ({run}): some workers never deliver one "
+                         "and the server may never step; use fewer workers or train longer.")
 
 
 def load_training_data(ctx: Context):
@@ -465,4 +514,5 @@ def training_study(**kw) -> Study:
     kw.setdefault("load", load_training_data)
     kw.setdefault("plan", training_plan)
     kw.setdefault("head", training_head)
+    kw.setdefault("record_fields", ("test_accuracy",))
     return Study(**kw)

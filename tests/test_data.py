@@ -239,7 +239,7 @@ def test_load_idx_mismatched_counts(tmp_path):
         sources.load_source(f"idx:{tmp_path}")
     # Labels file where an images file belongs.
     (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(_idx_bytes(np.zeros(1, np.uint8), 0x08)))
-    with pytest.raises(sources.DataSourceError, match=r"t10k-images-idx3-ubyte.gz: expected a 3-D"):
+    with pytest.raises(sources.DataSourceError, match=r"t10k-images-idx3-ubyte.gz: not an IDX images file: magic number 0x00000801"):
         sources.load_source(f"idx:{tmp_path}")
 
 
