@@ -428,35 +428,11 @@ def training_configs(grids: list[tuple[str, dict]], num_train: int | None) -> li
     the config."""
     from asgd_jax.sweep import expand_grid, normalize_config
 
-    try:
-        configs = [{**normalize_config(c, num_train), "method": m(c) if callable(m) else m}
-                   for m, g in grids for c in expand_grid(g)]
+    try:  # with num_train, normalize_config also refuses runs that would take no server step
+        return [{**normalize_config(c, num_train), "method": m(c) if callable(m) else m}
+                for m, g in grids for c in expand_grid(g)]
     except ValueError as e:
         raise UsageError(str(e)) from None
-    if num_train:
-        for c in configs:
-            check_can_train(c, num_train)
-    return configs
-
-
-def check_can_train(config: dict, num_train: int) -> None:
-    """One-line UsageError for a config that cannot train: its run has ``epochs * (num_train // batch_size)``
-    gradients, and a delay of that many steps or more applies none of them, and more workers than gradients
-    leave workers that never deliver one (a synchronous server then never steps)."""
-    batch, epochs = config.get("batch_size"), config.get("epochs")
-    if not (isinstance(batch, int) and isinstance(epochs, int) and batch > 0):
-        return
-    per_epoch = num_train // batch
-    gradients = epochs * per_epoch
-    run = (f"{epochs} epoch(s) x {per_epoch} batches of {batch} from {num_train} training samples = "
-           f"{gradients} gradients")
-    delay, workers = config.get("delay"), config.get("workers")
-    if isinstance(delay, int) and delay >= max(gradients, 1):
-        raise UsageError(f"delay {delay} >= the {gradients} steps of a run ({run}): no gradient would be applied; "
-                         "lower the delay or train longer.")
-    if isinstance(workers, int) and workers > gradients:
-        raise UsageError(f"{workers} workers > the gradients of a run ({run}): some workers never deliver one "
-                         "and the server may never step; use fewer workers or train longer.")
 
 
 def load_training_data(ctx: Context):
