@@ -33,12 +33,15 @@ class DelayedState(NamedTuple):
             read back ``d`` steps later.
         inner_state: the wrapped optimizer's state. It only moves on steps that
             apply a gradient.
+        invalid: bool, whether a traced ``delay`` was outside ``[0, max_delay]``
+            (it then runs clipped: check this flag rather than trust the delay).
     """
 
     step: jax.Array
     delay: jax.Array
     buffer: Any
     inner_state: Any
+    invalid: jax.Array
 
 
 def validate_delay(delay, max_delay: int | None) -> int:
@@ -109,7 +112,8 @@ def delayed(
         inner: any optax transformation (``optax.sgd``, ``optax.adam``, an
             ``optax.inject_hyperparams`` optimizer, a chain ...).
         delay: steps between computing a gradient and applying it, ``>= 0``.
-            A traced delay is clipped to ``[0, max_delay]``.
+            A traced delay is clipped to ``[0, max_delay]``, and the state's
+            ``invalid`` flag records that it was.
         max_delay: static upper bound on ``delay``; defaults to ``delay`` (which
             must then be concrete).
 
@@ -146,9 +150,11 @@ def delayed(
 
     def init_fn(params):
         buffer = jax.tree.map(lambda p: jnp.zeros((slots,) + jnp.shape(p), jnp.result_type(p)), params)
-        d = jnp.clip(jnp.asarray(delay, jnp.int32), 0, max_delay)
+        given = jnp.asarray(delay, jnp.int32)
+        d = jnp.clip(given, 0, max_delay)
         return DelayedState(
-            step=jnp.zeros([], jnp.int32), delay=d, buffer=buffer, inner_state=inner.init(params)
+            step=jnp.zeros([], jnp.int32), delay=d, buffer=buffer, inner_state=inner.init(params),
+            invalid=given != d,
         )
 
     def update_fn(updates, state, params=None, **extra_args):
@@ -169,7 +175,7 @@ def delayed(
                 lambda new, old: jnp.where(ready, new, old), new_inner, state.inner_state
             )
         return out_updates, DelayedState(
-            step=optax.safe_increment(t), delay=d, buffer=buffer, inner_state=out_inner
+            step=optax.safe_increment(t), delay=d, buffer=buffer, inner_state=out_inner, invalid=state.invalid
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

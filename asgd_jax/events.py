@@ -73,7 +73,8 @@ class EventState(NamedTuple):
     shuffle rule's permutation; ``key``, ``assign_key``: PRNG keys of times and
     of the next assignment draw; ``timing``: the compute-time model (a pytree);
     ``workers``, ``initial_workers``, ``add_workers``, ``add_every``: :math:`n`
-    and the introduction schedule (int32).
+    and the introduction schedule (int32); ``invalid`` (bool): a traced value
+    was out of range (workers outside ``[1, P]``, ...) and was clipped.
     """
 
     time: jax.Array
@@ -97,6 +98,7 @@ class EventState(NamedTuple):
     initial_workers: jax.Array
     add_workers: jax.Array
     add_every: jax.Array
+    invalid: jax.Array
 
 
 class Arrival(NamedTuple):
@@ -115,12 +117,12 @@ class Arrival(NamedTuple):
 
 
 _READ_THROUGH = ("time", "version", "dispatched", "arrivals", "last_staleness", "last_worker", "next_worker",
-                 "jobs")
+                 "jobs", "invalid")
 
 
 def reads_events(cls):
     """Class decorator: a state with an ``events`` field reads ``time``, ``version``, ... through it."""
-    for name in _READ_THROUGH:
+    for name in (n for n in _READ_THROUGH if n not in cls.__dict__):  # a class may define its own
         setattr(cls, name, property(lambda self, name=name: getattr(self.events, name)))
     return cls
 
@@ -151,10 +153,10 @@ def init(workers, *, timing=1.0, max_workers: int | None = None, key=0, initial_
         _checks.check_int("initial_workers", initial_workers, 1)
     model = timing_lib.as_timing(timing)
     _check_scales(model, size)
-    i32 = lambda x: jnp.array(x, jnp.int32)
-    zero = lambda: jnp.zeros([], jnp.int32)
-    n = jnp.clip(i32(workers), 1, size)
-    key = jnp.copy(_checks.as_key(key))
+    i32, zero = (lambda x: jnp.array(x, jnp.int32)), (lambda: jnp.zeros([], jnp.int32))
+    n, key = jnp.clip(i32(workers), 1, size), jnp.copy(_checks.as_key(key))
+    init_n = n if initial_workers is None else i32(initial_workers)
+    invalid = (i32(workers) != n) | (init_n < 1) | (i32(add_workers) < 0) | (i32(add_every) < 1)
     return EventState(
         time=jnp.zeros([], jnp.float32), version=zero(), dispatched=zero(), arrivals=zero(),
         last_staleness=i32(-1), last_worker=i32(-1), next_worker=zero(), in_flight=zero(),
@@ -164,8 +166,8 @@ def init(workers, *, timing=1.0, max_workers: int | None = None, key=0, initial_
                   valid=jnp.zeros([size], bool)),
         perm=jnp.arange(size, dtype=jnp.int32), perm_pos=zero(), key=key, assign_key=jnp.copy(key),
         timing=jax.tree.map(lambda x: jnp.array(x, jnp.float32), model), workers=n,
-        initial_workers=jnp.array(n) if initial_workers is None else i32(initial_workers),
-        add_workers=i32(add_workers), add_every=i32(add_every))
+        initial_workers=jnp.array(init_n), add_workers=i32(add_workers), add_every=i32(add_every),
+        invalid=invalid)
 
 
 def _check_scales(model, size: int) -> None:
@@ -173,10 +175,9 @@ def _check_scales(model, size: int) -> None:
     if isinstance(model, timing_lib.PerWorker):
         c = _checks.concrete(model.scales)
         if c is not None and (c.ndim != 1 or c.shape[0] < size):
-            raise ValueError(f"per_worker timing has {c.size} scale(s) for {size} workers; give one per worker.")
-    for child in (getattr(model, "base", None),):
-        if child is not None:
-            _check_scales(child, size)
+            raise ValueError(f"per_worker timing has {c.size} scale(s) for {size} workers; give one each.")
+    if getattr(model, "base", None) is not None:
+        _check_scales(model.base, size)
 
 
 def active_workers(state: EventState, version=None) -> jax.Array:
@@ -285,8 +286,7 @@ def cancel(state: EventState, worker) -> tuple[EventState, jax.Array]:
 
     Example:
         >>> from asgd_jax import events
-        >>> s = events.init(2, timing=1.0)
-        >>> s, _ = events.step(s)
+        >>> s, _ = events.step(events.init(2, timing=1.0))
         >>> s, mask = events.cancel(s, 0)
         >>> mask.tolist(), int(s.in_flight), int(s.queued[0])
         ([True, False], 0, 0)

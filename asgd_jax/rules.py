@@ -207,6 +207,7 @@ class AccumulateState(NamedTuple):
         stepped: bool, whether the last update was a server step (the step convention).
         discarded: int32, arrivals dropped so far.
         inner_state: the wrapped optimizer's state; it moves only on steps.
+        invalid: bool, a traced ``every < 1`` or ``max_staleness < 0`` (which would act as 1 / drop all).
     """
 
     every: jax.Array
@@ -216,6 +217,7 @@ class AccumulateState(NamedTuple):
     stepped: jax.Array
     discarded: jax.Array
     inner_state: Any
+    invalid: jax.Array
 
 
 def accumulate(inner: optax.GradientTransformation, every=1, *, max_staleness=None,
@@ -259,7 +261,8 @@ def accumulate(inner: optax.GradientTransformation, every=1, *, max_staleness=No
         acc = None if single else jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.result_type(p)), params)
         i32 = lambda x: jnp.array(x, jnp.int32)
         return AccumulateState(every=i32(every), max_staleness=i32(limit), acc=acc, count=i32(0),
-                               stepped=jnp.zeros([], bool), discarded=i32(0), inner_state=inner.init(params))
+                               stepped=jnp.zeros([], bool), discarded=i32(0), inner_state=inner.init(params),
+                               invalid=(i32(every) < 1) | (i32(limit) < 0))
 
     def update_fn(updates, state, params=None, **extra_args):
         used = jnp.asarray(extra_args.get("staleness", 0)) <= state.max_staleness

@@ -22,6 +22,7 @@ With equal fixed times and the pure rule this is exactly
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -63,7 +64,9 @@ class SimState(NamedTuple):
     Properties read the event state: ``time`` (the simulated clock), ``version``
     (server steps taken), ``dispatched`` (``update`` calls), ``arrivals``,
     ``last_staleness`` and ``last_worker`` (of the last arrival, -1 before any),
-    ``next_worker``; ``discarded`` sums the rules' ``discarded`` counters.
+    ``next_worker``; ``discarded`` sums the rules' ``discarded`` counters;
+    ``invalid`` is true when a traced value (of the events or of a rule) was out
+    of its range and was clipped.
 
     Example:
         >>> import jax.numpy as jnp, optax, asgd_jax
@@ -81,6 +84,12 @@ class SimState(NamedTuple):
     grads: Any
     stale_params: Any
     server_state: Any
+
+    @property
+    def invalid(self) -> jax.Array:
+        """Whether a traced value of the events or of a rule was out of its range (and clipped)."""
+        found = [v for _, v in optax.tree_utils.tree_get_all_with_path(self.server_state, "invalid")]
+        return functools.reduce(jnp.logical_or, found, self.events.invalid)
 
     @property
     def discarded(self) -> jax.Array:

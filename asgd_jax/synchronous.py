@@ -40,7 +40,8 @@ class SyncState(NamedTuple):
 
     The fields ``time``, ``version``, ``dispatched``, ``arrivals``,
     ``last_staleness`` (always 0), ``last_worker`` and ``next_worker`` read the
-    event state.
+    event state; ``invalid``: a traced value out of range (the events', or
+    ``backup_workers`` outside ``[0, workers - 1]``, which is clipped).
     """
 
     events: events.EventState
@@ -49,6 +50,11 @@ class SyncState(NamedTuple):
     acc: Any
     clip_state: Any
     inner_state: Any
+
+    @property
+    def invalid(self) -> jax.Array:
+        b = self.backup_workers
+        return self.events.invalid | (b < 0) | (b >= self.events.workers)
 
 
 

@@ -310,3 +310,14 @@ def test_runs_that_cannot_train_are_refused_before_compiling():
     with pytest.raises(ValueError, match="momentum"):
         normalize_config({**base, "momentum": -1.0}, 96)
     assert normalize_config({**base, "delay": 2}, 96)["delay"] == 2
+
+
+def test_transforms_flag_traced_values_they_clip():
+    """Under jit nothing can raise: the states carry an 'invalid' flag for values they had to clip."""
+    w = jnp.zeros(2)
+    delayed = jax.jit(lambda d: asgd_jax.delayed(optax.sgd(0.1), d, max_delay=3).init(w).invalid)
+    assert [bool(delayed(d)) for d in (0, 3, 7, -1)] == [False, False, True, True]
+    pool = jax.jit(lambda n, r: asgd_jax.asynchronous(optax.sgd(0.1), n, max_workers=4, max_staleness=r).init(w).invalid)
+    assert [bool(pool(n, r)) for n, r in ((4, 0), (8, 0), (0, 0), (2, -1))] == [False, True, True, True]
+    sync = jax.jit(lambda b: asgd_jax.synchronous(optax.sgd(0.1), 4, backup_workers=b).init(w).invalid)
+    assert [bool(sync(b)) for b in (0, 3, 4, -1)] == [False, False, True, True]
