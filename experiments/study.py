@@ -457,7 +457,10 @@ def training_plan(ctx: Context, configs: list[dict]) -> list[Unit]:
     units = []
     try:
         for g in sweep.group_configs(plain):
-            trainer = Trainer(g.train_config, ctx.data)
+            try:  # the config against the data (e.g. a split that leaves a worker without data)
+                trainer = Trainer(g.train_config, ctx.data)
+            except ValueError as e:
+                raise UsageError(str(e)) from None
             fit = sweep.max_configs_per_device(trainer)
             for ch in sweep.plan_chunks(g, chunk_size=ctx.run["chunk_size"], num_devices=devices,
                                         max_per_device=fit):
