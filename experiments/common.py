@@ -29,7 +29,7 @@ def jsonable(x: Any) -> Any:
 
 
 # Fields of a result that vary from run to run (wall time): kept out of results.jsonl, in timing.jsonl.
-VOLATILE_FIELDS = ("seconds",)
+VOLATILE_FIELDS = ("seconds", "wall_s")
 
 
 class ResultsFile:

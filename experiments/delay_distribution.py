@@ -444,8 +444,6 @@ def sweep_report(records: list[dict], preset: str | None, growth: dict) -> str:
             if _is_plain_normal(timing):
                 spread += f" (the compute time's σ is {timing['sigma']:g})"
             spread += "."
-    walls = [r.get("wall_s") for r in records]
-    wall = f"{sum(walls):.1f} s" if all(w is not None for w in walls) else "not recorded"
     lengths = f"the `{preset}` preset's run lengths"
     settings = (
         f"N = {', '.join(map(str, ns))} ({lengths}); compute time ~ {timing_label(timing, ns[-1])}; "
@@ -453,7 +451,7 @@ def sweep_report(records: list[dict], preset: str | None, growth: dict) -> str:
         + ", ".join(str(r["warmup"]) for r in records)
         + " arrivals is discarded, then "
         + ", ".join(str(r["arrivals"]) for r in records)
-        + f" arrivals are recorded. Simulation time, summed over N as recorded: {wall}."
+        + " arrivals are recorded (wall times per N: `timing.jsonl`)."
     )
     return "\n".join(
         [

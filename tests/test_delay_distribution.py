@@ -183,7 +183,7 @@ def test_unknown_option(capsys):
 
 # ---- N sweep: --preset quick|medium|paper, --workers-list ----------------------------------------------
 
-RECORD_KEYS = SUMMARY_KEYS | {"config_id", "study", "skewness", "excess_kurtosis", "wall_s"}
+RECORD_KEYS = SUMMARY_KEYS | {"config_id", "study", "skewness", "excess_kurtosis"}
 
 
 def run_sweep(out, *argv):
