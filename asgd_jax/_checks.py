@@ -6,8 +6,6 @@ document what happens to them.
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -90,10 +88,3 @@ def as_key(key) -> jax.Array:
         return jax.random.key(key)
     return jax.random.wrap_key_data(key.astype(jnp.uint32))
 
-
-def finite_float(name: str, value: float) -> float:
-    """A Python float that is finite (for static arguments)."""
-    v = float(value)
-    if not math.isfinite(v):
-        raise ValueError(f"{name} must be finite, got {value!r}.")
-    return v

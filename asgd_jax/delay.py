@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from asgd_jax import _checks
 from asgd_jax._buffers import write_then_read
 
 __all__ = ["DelayedState", "delayed", "validate_delay"]
@@ -56,10 +57,7 @@ def validate_delay(delay, max_delay: int | None) -> int:
         if isinstance(max_delay, bool) or int(max_delay) != max_delay or max_delay < 0:
             raise ValueError(f"max_delay must be a non-negative Python int, got {max_delay!r}.")
         max_delay = int(max_delay)
-    try:
-        concrete = np.asarray(delay)  # raises for tracers
-    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-        concrete = None
+    concrete = _checks.concrete(delay)  # None for a traced delay
     if concrete is None:
         if max_delay is None:
             raise ValueError(

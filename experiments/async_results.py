@@ -26,7 +26,8 @@ def mean_curve(curves_: Sequence[Sequence[float | None]], *, skip_nan: bool = Tr
         return np.atleast_1d(np.nanmean(arr, axis=0) if arr.size else arr)
 
 
-def _mean_curve(curves_: Sequence[Sequence[float | None]]) -> list[float | None]:
+def mean_list(curves_: Sequence[Sequence[float | None]]) -> list[float | None]:
+    """:func:`mean_curve` as a list, ``None`` where no finite value was averaged."""
     return [None if not np.isfinite(v) else float(v) for v in mean_curve(curves_)]
 
 
@@ -65,8 +66,8 @@ def best_settings(
             "final": final,
             "peak": _mean([max((a for a in r["test_accuracy_per_epoch"] if a is not None), default=None)
                            for r in rs]),
-            "acc": _mean_curve([r["test_accuracy_per_epoch"] for r in rs]),
-            "time": _mean_curve([r.get("sim_time_per_epoch") or [] for r in rs]),
+            "acc": mean_list([r["test_accuracy_per_epoch"] for r in rs]),
+            "time": mean_list([r.get("sim_time_per_epoch") or [] for r in rs]),
             "diverged": any(r["diverged"] for r in rs),
             "seeds": len(rs),
             "all": [(s_, f_) for s_, f_, _ in summary],

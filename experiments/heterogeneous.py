@@ -104,11 +104,6 @@ def make_configs(ctx) -> list[dict]:
                                   ctx.data and ctx.data.num_train)
 
 
-def _mean_lists(lists):
-    arr = np.array([[np.nan if v is None else v for v in x] for x in lists], float)
-    return [None if not np.isfinite(v) else float(v) for v in np.nanmean(arr, axis=0)] if len(arr) else []
-
-
 def summarize(records: list[dict]) -> dict:
     """Per method: the best learning rate (mean final accuracy over seeds) and its curves, classes and shares."""
     best = async_results.best_settings(records, lambda r: 0, lambda r: (r["learning_rate"],))
@@ -117,7 +112,7 @@ def summarize(records: list[dict]) -> dict:
         rs = [r for r in records if r["method"] == method and (r["learning_rate"],) == b["setting"]]
         steps = np.array([r["worker_gradients"] for r in rs], float)
         shares = (steps / np.maximum(steps.sum(1, keepdims=True), 1)).mean(0)
-        per_class = _mean_lists([r["per_class_accuracy"] for r in rs])
+        per_class = async_results.mean_list([r["per_class_accuracy"] for r in rs])
         out[method] = {**b, "lr": b["setting"][0], "per_class": per_class, "shares": shares.tolist(),
                        "worst_class": min((v for v in per_class if v is not None), default=None),
                        "end_time": b["time"][-1] if b["time"] else None,
