@@ -41,8 +41,9 @@ class ResultsFile:
     write and fsync'ed. A last line cut short by a killed run is moved to
     ``results.jsonl.partial`` (kept, not lost) and its config is run again, so
     a resumed sweep ends with the same ``results.jsonl`` as an uninterrupted one.
-    Wall times go to ``timing.jsonl`` beside it, so ``results.jsonl`` holds only
-    what the configs determine.
+    Wall times go to ``timing.jsonl`` beside it (written just before the
+    results; a config rerun after a kill may have two lines there, the last
+    counts), so ``results.jsonl`` holds only what the configs determine.
 
     ``extra_paths``: more results files to read (the per-process files of a
     multi-host sweep); appends go to ``path`` only. A line that is not a record
@@ -129,8 +130,10 @@ class ResultsFile:
             volatile = {k: r[k] for k in VOLATILE_FIELDS if k in r}
             if volatile:
                 timings.append(json.dumps(jsonable({"config_id": rec["config_id"], **volatile})))
-        _append_lines(self.path, lines)
+        # timings first: a run killed between the two writes reruns those configs and logs their time
+        # again (the last line of a config_id counts), instead of leaving a result with no wall time
         _append_lines(self.timing_path, timings)
+        _append_lines(self.path, lines)
 
     def select(self, configs: Iterable[Mapping[str, Any]]) -> list[dict]:
         """The stored records of ``configs``, in their order (missing ones left out)."""
