@@ -18,7 +18,8 @@ from asgd_jax.train import (
     normalize_hparams,
     run_configs,
 )
-from asgd_jax import data, events, problems, rules, timing
+from asgd_jax import data, decentralized, events, network, problems, rules, timing
+from asgd_jax.decentralized import DecentralizedState, ad_psgd, dpsgd
 from asgd_jax.synchronous import SyncState, synchronous
 from asgd_jax.simulator import (
     COMPENSATIONS,
@@ -65,6 +66,11 @@ __all__ = [
     "SyncState",
     "events",
     "rules",
+    "network",
+    "decentralized",
+    "ad_psgd",
+    "dpsgd",
+    "DecentralizedState",
     "next_worker",
     "active_workers",
     "simulate_staleness",

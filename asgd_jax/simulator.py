@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import optax
 
 from asgd_jax import _checks, events
+from asgd_jax import network as network_lib
 from asgd_jax import rules as rules_lib
 from asgd_jax import timing as timing_lib
 from asgd_jax._buffers import write_then_read
@@ -60,11 +61,13 @@ class SimState(NamedTuple):
             layout; ``None`` unless ``keep_params``.
         server_state: the state of the server chain (rules and optimizer); it
             moves only when a job arrives.
+        link: the server link's state (:class:`asgd_jax.network.Link`: when it is
+            free, messages sent); ``None`` without a network.
 
     Properties read the event state: ``time`` (the simulated clock), ``version``
     (server steps taken), ``dispatched`` (``update`` calls), ``arrivals``,
     ``last_staleness`` and ``last_worker`` (of the last arrival, -1 before any),
-    ``next_worker``; ``discarded`` sums the rules' ``discarded`` counters;
+    ``next_worker``; ``bytes_sent`` (0 without a network); ``discarded`` sums the rules' ``discarded`` counters;
     ``invalid`` is true when a traced value (of the events or of a rule) was out
     of its range and was clipped.
 
@@ -84,6 +87,11 @@ class SimState(NamedTuple):
     grads: Any
     stale_params: Any
     server_state: Any
+    link: Any = None
+
+    @property
+    def bytes_sent(self) -> jax.Array:
+        return jnp.zeros([], jnp.float32) if self.link is None else self.link.bytes_sent
 
     @property
     def invalid(self) -> jax.Array:
@@ -179,7 +187,8 @@ def _accepted(server_state, staleness) -> jax.Array:
 
 def parameter_server(server: optax.GradientTransformation, workers, *, timing=1.0, assignment: str = "pure",
                      initial_workers=None, add_workers=1, add_every=1, keep_params: bool = False,
-                     max_workers: int | None = None, key=0) -> optax.GradientTransformationExtraArgs:
+                     network: network_lib.Network | None = None, max_workers: int | None = None,
+                     key=0) -> optax.GradientTransformationExtraArgs:
     r"""An asynchronous parameter server with ``workers`` workers whose arrivals go through ``server``.
 
     Each ``update(grads, state, params)`` is one gradient, computed at ``params``
@@ -196,6 +205,15 @@ def parameter_server(server: optax.GradientTransformation, workers, *, timing=1.
     :mod:`asgd_jax.rules`. A call without an arrival, or whose arrival was not a
     step, emits zero updates; the chain's state moves only on arrivals.
 
+    **Communication** (``network``, :mod:`asgd_jax.network`): the server's link
+    serves one message at a time. Each call first sends the current model to
+    the dispatched job's worker :math:`w` (served at :math:`\max(\text{now},
+    \text{free})`, taking :math:`M_w`); the worker computes once it has it. The
+    arriving job's push is served at :math:`\max(\text{ready}, \text{free})`
+    and the clock moves to its end, where the server applies it. Jobs still pop
+    in the order their gradients are ready (a first-come first-served link);
+    the server answers an arrival (the next pull) before it reads later pushes.
+
     Args:
         server: the server chain: rules of :mod:`asgd_jax.rules` (or your own)
             ending in the server optimizer, e.g.
@@ -207,6 +225,7 @@ def parameter_server(server: optax.GradientTransformation, workers, *, timing=1.
             (:func:`asgd_jax.events.init`).
         keep_params: store the parameters of every in-flight job (for
             :func:`asgd_jax.rules.dc_asgd`).
+        network: a :class:`asgd_jax.network.Network` (``None``: messages cost nothing).
         max_workers: static pool size (default ``workers``).
         key: PRNG key or int seed of the simulation.
 
@@ -231,15 +250,28 @@ def parameter_server(server: optax.GradientTransformation, workers, *, timing=1.
                                       initial_workers=initial_workers, add_workers=add_workers,
                                       add_every=add_every)
     size = make_events().perm.shape[0]  # validates the arguments now
+    network_lib.check(network, size)
 
     def init_fn(params):
         slots = lambda: jax.tree.map(lambda p: jnp.zeros((size,) + jnp.shape(p), jnp.result_type(p)), params)
         return SimState(events=make_events(), grads=slots(), stale_params=slots() if keep_params else None,
-                        server_state=server.init(params))
+                        server_state=server.init(params), link=network_lib.link(network, params, size))
 
     def update_fn(updates, state: SimState, params=None, **extra_args):
         active = events.active_workers(state.events)
-        ev, arrival = events.step(state.events, assignment)
+        ev, link = state.events, state.link
+        if link is not None:  # the pull: the server sends its model to the dispatched job's worker
+            w = ev.next_worker
+            got, free = network_lib.serve(link.free, ev.time, network_lib.server_message_time(link.network, w))
+            ev = ev._replace(busy_until=ev.busy_until.at[w].max(got))
+        ev, arrival = events.step(ev, assignment)
+        if link is not None:  # the push of the arriving job, first come first served
+            done, pushed = network_lib.serve(
+                free, arrival.time, network_lib.server_message_time(link.network, arrival.worker))
+            arrival = arrival._replace(time=jnp.where(arrival.arrived, done, arrival.time))
+            ev = ev._replace(time=jnp.where(arrival.arrived, done, ev.time))
+            link = link._replace(free=jnp.where(arrival.arrived, pushed, free),
+                                 messages=link.messages + 1 + arrival.arrived.astype(jnp.int32))
         grads, g = write_then_read(state.grads, updates, arrival.new_slot, arrival.slot)
         stale_params, stale = state.stale_params, None
         if stale_params is not None:
@@ -255,7 +287,8 @@ def parameter_server(server: optax.GradientTransformation, workers, *, timing=1.
         server_state = jax.tree.map(lambda a, b: jnp.where(arrival.arrived, a, b), new_server, state.server_state)
         ev = events.record_step(ev, stepped, assignment)
         out = jax.tree.map(lambda u: jnp.where(stepped, u, jnp.zeros_like(u)), new_updates)
-        return out, SimState(events=ev, grads=grads, stale_params=stale_params, server_state=server_state)
+        return out, SimState(events=ev, grads=grads, stale_params=stale_params, server_state=server_state,
+                             link=link)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -306,6 +339,8 @@ def asynchronous(
     add_workers: int | jax.Array = 1,
     add_every: int | jax.Array = 1,
     clip_norm: float | jax.Array | None = None,
+    network: network_lib.Network | None = None,
+    communication: str = "server",
     max_workers: int | None = None,
     key: int | jax.Array = 0,
 ) -> optax.GradientTransformationExtraArgs:
@@ -410,6 +445,12 @@ def asynchronous(
         add_workers: workers added at each introduction.
         add_every: server steps between introductions.
         clip_norm: clip each arrival to this global norm (``None``: no clipping).
+        network: a :class:`asgd_jax.network.Network`: every pull and push costs
+            time on the server's link, which serves one message at a time
+            (:func:`parameter_server`); ``None``: messages cost nothing.
+        communication: sync rule only: ``"server"`` (pulls and pushes through the
+            server's link) or ``"allreduce"`` (AllReduce-SGD: a ring all-reduce
+            after the slowest worker; :func:`asgd_jax.synchronous`).
         max_workers: static bound on ``workers`` (default ``workers``).
         key: PRNG key or int seed of the simulation (times and assignment).
 
@@ -469,15 +510,20 @@ def asynchronous(
             raise ValueError(f"unknown assignment {assignment!r}; choose one of {ASSIGNMENTS}.")
         return synchronous(inner, workers, backup_workers=backup_workers, timing=timing,
                            initial_workers=initial_workers, add_workers=add_workers, add_every=add_every,
-                           clip_norm=clip_norm, max_workers=max_workers, key=key)
+                           clip_norm=clip_norm, network=network, communication=communication,
+                           max_workers=max_workers, key=key)
     if not _checks.is_value(backup_workers, 0):
         raise ValueError("backup_workers needs server_rule='sync'.")
+    if communication != "server":
+        raise ValueError(f"communication={communication!r} needs server_rule='sync'; an asynchronous "
+                         "parameter server communicates through its link ('server').")
     chain = server_chain(inner, compensation=compensation, dc_lambda=dc_lambda, dc_momentum=dc_momentum,
                          dc_eps=dc_eps, clip_norm=clip_norm, staleness_scaling=staleness_scaling,
                          max_staleness=max_staleness, accumulate=accumulate)
     return parameter_server(chain, workers, timing=timing, assignment=assignment,
                             initial_workers=initial_workers, add_workers=add_workers, add_every=add_every,
-                            keep_params=compensation is not None, max_workers=max_workers, key=key)
+                            keep_params=compensation is not None, network=network, max_workers=max_workers,
+                            key=key)
 
 
 def _event_state(state) -> events.EventState:

@@ -8,6 +8,15 @@ worker id) are averaged and applied on the round's last call,
 to the :math:`N`-th finish time, the :math:`b` late jobs are cancelled and every
 worker starts the next round at the new parameters (Chen et al. 2017). With
 :math:`b = 0` this is SSGD: the round waits for the slowest worker.
+
+**Communication** (``network``, :mod:`asgd_jax.network`). ``"server"``: the
+server's link serves one message at a time; at the round's start it sends the
+model to workers :math:`0, \dots, M-1` in turn (worker :math:`p` computes once
+it has it), then serves the pushes of the first :math:`N` gradients first come
+first served (:func:`asgd_jax.network.fifo_finish`); the step happens when the
+:math:`N`-th push ends. ``"allreduce"`` (AllReduce-SGD, no server, ``b = 0``):
+every worker starts at once; the step happens a ring all-reduce
+(:func:`asgd_jax.network.ring_allreduce_time`) after the slowest worker.
 """
 
 from __future__ import annotations
@@ -19,9 +28,12 @@ import jax.numpy as jnp
 import optax
 
 from asgd_jax import _checks, events
+from asgd_jax import network as network_lib
 from asgd_jax import rules as rules_lib
 
-__all__ = ["SyncState", "synchronous"]
+__all__ = ["SyncState", "synchronous", "COMMUNICATIONS"]
+
+COMMUNICATIONS = ("server", "allreduce")
 
 
 @events.reads_events
@@ -37,6 +49,8 @@ class SyncState(NamedTuple):
         acc: sum of the round's winning gradients, like the parameters.
         clip_state: state of the per-gradient clipping (``None`` without it).
         inner_state: the server optimizer's state; it moves once per round.
+        link: the communication state (:class:`asgd_jax.network.Link`), ``None``
+            without a network.
 
     The fields ``time``, ``version``, ``dispatched``, ``arrivals``,
     ``last_staleness`` (always 0), ``last_worker`` and ``next_worker`` read the
@@ -50,6 +64,11 @@ class SyncState(NamedTuple):
     acc: Any
     clip_state: Any
     inner_state: Any
+    link: Any = None
+
+    @property
+    def bytes_sent(self) -> jax.Array:
+        return jnp.zeros([], jnp.float32) if self.link is None else self.link.bytes_sent
 
     @property
     def invalid(self) -> jax.Array:
@@ -60,6 +79,7 @@ class SyncState(NamedTuple):
 
 def synchronous(inner: optax.GradientTransformation, workers, *, backup_workers=0, timing=1.0,
                 initial_workers=None, add_workers=1, add_every=1, clip_norm=None,
+                network: network_lib.Network | None = None, communication: str = "server",
                 max_workers: int | None = None, key=0) -> optax.GradientTransformationExtraArgs:
     r"""Synchronous SGD around the server optimizer ``inner``, with ``backup_workers`` (see the module docstring).
 
@@ -77,6 +97,9 @@ def synchronous(inner: optax.GradientTransformation, workers, *, backup_workers=
         timing: compute-time model or a positive number.
         initial_workers, add_workers, add_every: gradual introduction.
         clip_norm: clip each gradient to this global norm (``None``: no clipping).
+        network: a :class:`asgd_jax.network.Network` (``None``: messages cost nothing).
+        communication: ``"server"`` (a parameter server's link) or ``"allreduce"``
+            (a ring all-reduce; needs ``backup_workers=0``); see the module docstring.
         max_workers: static bound on ``workers``.
         key: PRNG key or int seed.
 
@@ -95,17 +118,23 @@ def synchronous(inner: optax.GradientTransformation, workers, *, backup_workers=
         if int(backup_workers) >= int(c):
             raise ValueError(f"backup_workers={int(backup_workers)} leaves no worker to wait for "
                              f"among workers={int(c)}; use at most {int(c) - 1}.")
+    if communication not in COMMUNICATIONS:
+        raise ValueError(f"unknown communication {communication!r}; choose one of {COMMUNICATIONS}.")
+    if communication == "allreduce" and not _checks.is_value(backup_workers, 0):
+        raise ValueError("communication='allreduce' waits for every worker; drop backup_workers (or use 'server').")
     clip = None if clip_norm is None else rules_lib.clip_by_global_norm(clip_norm)
     inner = optax.with_extra_args_support(inner)
     ev0 = lambda: events.init(workers, timing=timing, max_workers=max_workers, key=key,
                               initial_workers=initial_workers, add_workers=add_workers, add_every=add_every)
-    ev0()  # validates now, not at init
+    size = ev0().perm.shape[0]  # validates now, not at init
+    network_lib.check(network, size)
 
     def init_fn(params):
         zeros = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.result_type(p)), params)
         return SyncState(events=ev0(), backup_workers=jnp.array(backup_workers, jnp.int32),
                          discarded=jnp.zeros([], jnp.int32), acc=zeros,
-                         clip_state=None if clip is None else clip.init(params), inner_state=inner.init(params))
+                         clip_state=None if clip is None else clip.init(params), inner_state=inner.init(params),
+                         link=network_lib.link(network, params, size))
 
     def update_fn(updates, state: SyncState, params=None, **extra_args):
         ev = state.events
@@ -116,7 +145,12 @@ def synchronous(inner: optax.GradientTransformation, workers, *, backup_workers=
         used_n = rounds - jnp.clip(state.backup_workers, 0, rounds - 1)     # N
         p = ev.in_flight                                                    # position = worker
         start = p == 0
-        drawn = ev.time + ev.timing.sample_at(k_time, ids, ev.workers, ev.time)
+        link = state.link
+        begin = ev.time
+        if link is not None and communication == "server":  # the model goes to workers 0 .. M-1 in turn
+            pulls = jnp.where(ids < rounds, network_lib.server_message_time(link.network, ids), 0.0)
+            begin = ev.time + jnp.cumsum(pulls)
+        drawn = begin + ev.timing.sample_at(k_time, ids, ev.workers, begin)
         finish = jnp.where(start, jnp.where(ids < rounds, drawn, jnp.inf), ev.jobs.finish)
         order = jnp.argsort(finish, stable=True).astype(jnp.int32)         # ties: lower worker id
         winner = jnp.argmax(order == p) < used_n
@@ -129,8 +163,21 @@ def synchronous(inner: optax.GradientTransformation, workers, *, backup_workers=
         step_grads = jax.tree.map(lambda a: (a * inv).astype(a.dtype), acc)
         new_updates, new_inner = inner.update(step_grads, state.inner_state, params, **extra_args)
         last = order[used_n - 1]
-        now = jnp.where(barrier, finish[last], ev.time)
+        done = finish[last]
         zero = jnp.zeros([], jnp.int32)
+        if link is not None:
+            net = link.network
+            if communication == "server":  # pushes of the winners, first come first served after the pulls
+                pulls_end = ev.time + jnp.sum(jnp.where(ids < rounds, network_lib.server_message_time(net, ids), 0.0))
+                push = jnp.where(jnp.arange(size) < used_n, network_lib.server_message_time(net, order), 0.0)
+                done = network_lib.fifo_finish(finish[order], push, pulls_end)[used_n - 1]
+                sent = rounds + used_n
+            else:
+                done = done + network_lib.ring_allreduce_time(net, rounds)
+                sent = 2 * (rounds - 1)
+            link = link._replace(free=jnp.where(barrier, done, link.free),
+                                 messages=link.messages + jnp.where(barrier, sent, zero))
+        now = jnp.where(barrier, done, ev.time)
         jobs = events.Jobs(finish=finish, seq=jnp.where(start, ev.dispatched + ids, ev.jobs.seq),
                            version=jnp.full([size], ev.version, jnp.int32), worker=ids,
                            valid=(ids <= p) & (ids < rounds) & ~barrier)
@@ -145,7 +192,8 @@ def synchronous(inner: optax.GradientTransformation, workers, *, backup_workers=
             events=ev, backup_workers=state.backup_workers,
             discarded=state.discarded + jnp.where(barrier, rounds - used_n, zero),
             acc=jax.tree.map(lambda a: jnp.where(barrier, jnp.zeros_like(a), a), acc), clip_state=clip_state,
-            inner_state=jax.tree.map(lambda a, b: jnp.where(barrier, a, b), new_inner, state.inner_state))
+            inner_state=jax.tree.map(lambda a, b: jnp.where(barrier, a, b), new_inner, state.inner_state),
+            link=link)
         return jax.tree.map(lambda u: jnp.where(barrier, u, jnp.zeros_like(u)), new_updates), state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
