@@ -24,12 +24,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from asgd_jax import decentralized as dec
+from asgd_jax import network as network_lib
 from asgd_jax import problems
 from asgd_jax import timing as timing_lib
 from asgd_jax.delay import delayed
 from asgd_jax.models import make_model
-from asgd_jax.simulator import (ASSIGNMENTS, COMPENSATIONS, SERVER_RULES, SimState, _event_state, asynchronous,
-                                next_worker)
+from asgd_jax.simulator import ASSIGNMENTS, COMPENSATIONS, SimState, _event_state, asynchronous, next_worker
 
 __all__ = [
     "OPTIMIZERS",
@@ -39,6 +40,9 @@ __all__ = [
     "RULES",
     "RULE_HPARAMS",
     "ASYNC_HPARAMS",
+    "NETWORK_HPARAMS",
+    "SERVER_RULES",
+    "DECENTRALIZED",
     "DC_LAMBDA_DEFAULTS",
     "INT_HPARAMS",
     "hparam_names",
@@ -48,6 +52,7 @@ __all__ = [
     "Trainer",
     "make_train",
     "make_optimizer",
+    "make_network",
     "normalize_hparams",
     "run_configs",
     "default_loop",
@@ -97,6 +102,13 @@ ASYNC_HPARAMS: dict[str, float] = {
     "straggler_fraction": 0.0,
     "straggler_slowdown": 1.0,
 }
+# Systems of ``system="async"`` (``TrainConfig.server_rule``): an asynchronous parameter server, SSGD
+# through a parameter server, AllReduce-SGD, and the decentralized AD-PSGD and D-PSGD (one model per worker).
+SERVER_RULES = ("async", "sync", "allreduce", "ad-psgd", "d-psgd")
+DECENTRALIZED = ("ad-psgd", "d-psgd")
+# Hyperparameters of ``TrainConfig(network=True)``: link latency and bandwidth of every worker and the
+# server's link bandwidth (bytes per time unit; 0 = unlimited), traced like the compute-time model's.
+NETWORK_HPARAMS: dict[str, float] = {"latency": 0.0, "bandwidth": 0.0, "server_bandwidth": 0.0}
 # DC-ASGD's lambda (``"dc-c"``) or lambda_0 (``"dc-a"``) when a config does not give ``dc_lambda``.
 DC_LAMBDA_DEFAULTS: dict[str, float] = {"dc-c": 0.04, "dc-a": 2.0}
 # Hyperparameters that are integers (the others are float32).
@@ -123,8 +135,21 @@ class TrainConfig:
             introduction schedule, ``dc_lambda``) are traced hyperparameters.
             The fields below apply to ``"async"`` only.
         max_workers: static bound on the ``workers`` hyperparameter (the pool size).
-        server_rule: ``"async"`` (apply each arrival) or ``"sync"`` (SSGD: a
-            barrier every ``workers`` gradients, their average applied).
+        server_rule: ``"async"`` (apply each arrival), ``"sync"`` (SSGD: a
+            barrier every ``workers`` gradients, their average applied),
+            ``"allreduce"`` (AllReduce-SGD: SSGD whose round ends with a ring
+            all-reduce instead of the server's pulls and pushes), or the
+            decentralized ``"ad-psgd"`` / ``"d-psgd"``
+            (:mod:`asgd_jax.decentralized`: one model per worker, so
+            ``workers`` must equal ``max_workers``; ``test_accuracy`` is that of
+            the average model, with ``worker0_accuracy`` and
+            ``consensus_distance`` beside it; no warm-up).
+        topology: the peers of ``"ad-psgd"`` (:data:`asgd_jax.decentralized.PEERS`,
+            default ``"exponential"``) or the mixing matrix of ``"d-psgd"``
+            (:data:`asgd_jax.decentralized.TOPOLOGIES`, default ``"ring"``).
+        network: communication costs time (:mod:`asgd_jax.network`), with the
+            traced hyperparameters :data:`NETWORK_HPARAMS` and the model's real
+            size in bytes; adds ``bytes_sent`` to the metrics.
         compensation: ``None``, ``"dc-c"`` or ``"dc-a"`` (DC-ASGD; async rule only).
         assignment: ``"pure"``, ``"random"`` or ``"shuffle"`` (who gets the next job).
         timing: compute-time law, one of :data:`TIMINGS`, wrapped in
@@ -175,6 +200,8 @@ class TrainConfig:
     data_split: str | None = None
     split_alpha: float = 1.0
     worker_times: tuple[float, ...] = ()
+    topology: str | None = None
+    network: bool = False
 
     def validate(self, num_train: int | None = None) -> None:
         """Raises a one-line ``ValueError`` for a config that cannot run."""
@@ -206,7 +233,7 @@ class TrainConfig:
             raise ValueError(f"unknown system {self.system!r}; choose one of {SYSTEMS}.")
         defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
         async_fields = ("max_workers", "server_rule", "compensation", "assignment", "timing", "rules", "server",
-                        "server_hparams", "data_split", "worker_times")
+                        "server_hparams", "data_split", "worker_times", "topology", "network")
         if self.system == "delay":
             changed = [f for f in async_fields if getattr(self, f) != defaults[f]]
             if changed:
@@ -225,9 +252,25 @@ class TrainConfig:
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of {allowed}.")
-        if self.server_rule == "sync" and self.compensation is not None:
-            raise ValueError("compensation (DC-ASGD) needs server_rule='async' (sync gradients have staleness 0).")
+        if self.server_rule != "async" and self.compensation is not None:
+            raise ValueError("compensation (DC-ASGD) needs server_rule='async' (the other systems have no stale "
+                             "gradients to compensate at a server).")
+        self._validate_topology()
         self._validate_rules()
+
+    def _validate_topology(self) -> None:
+        rule = self.server_rule
+        if rule in DECENTRALIZED:
+            if self.rules or self.server is not None or self.assignment != "pure":
+                raise ValueError(f"server_rule={rule!r} has no server: drop rules, server and assignment.")
+            if self.topology is not None:  # raises the library's one-line error for a bad name or size
+                (dec.peer_table if rule == "ad-psgd" else dec.mixing_matrix)(self.topology, self.max_workers)
+            elif rule == "ad-psgd":
+                dec.peer_table("exponential", self.max_workers)
+        elif self.topology is not None:
+            raise ValueError("topology applies to server_rule='ad-psgd' or 'd-psgd' only; drop it.")
+        if rule == "allreduce" and (self.rules or self.server is not None):
+            raise ValueError("server_rule='allreduce' takes no server rules or server; drop them.")
 
     def _validate_rules(self) -> None:
         rules = tuple(self.rules)
@@ -235,7 +278,7 @@ class TrainConfig:
         if unknown or len(set(rules)) != len(rules):
             raise ValueError(f"rules must be distinct names of {RULES}, got {rules!r}.")
         sync_only, async_only = {"backup"}, {"adaptive", "inverse", "drop", "accumulate"}
-        wrong = [r for r in rules if r in (async_only if self.server_rule == "sync" else sync_only)]
+        wrong = [r for r in rules if r in (sync_only if self.server_rule == "async" else async_only)]
         if wrong:
             raise ValueError(f"rule {wrong[0]!r} does not apply to server_rule={self.server_rule!r}.")
         if "adaptive" in rules and "inverse" in rules:
@@ -279,6 +322,8 @@ def _defaults(optimizer: str, config: TrainConfig | None) -> dict[str, Any]:
     out = {**OPTIMIZERS[optimizer], "warmup_steps": 0, **ASYNC_HPARAMS}
     if config.compensation is not None:
         out["dc_lambda"] = DC_LAMBDA_DEFAULTS[config.compensation]
+    if config.network:
+        out.update(NETWORK_HPARAMS)
     for rule in config.rules:
         if rule in RULE_HPARAMS:  # required (None), except the backup workers
             out[RULE_HPARAMS[rule]] = 0 if rule == "backup" else None
@@ -415,6 +460,16 @@ def _normalize_async(out: dict[str, Any], config: TrainConfig) -> dict[str, Any]
         integer("accumulate", 1)
     if "backup_workers" in out:
         integer("backup_workers", 0, out["workers"] - 1, what=" (at least one worker must be waited for)")
+    if config.network:
+        for k in NETWORK_HPARAMS:
+            number(k, lambda v: v >= 0, "a number >= 0" + (" (0: unlimited)" if "bandwidth" in k else ""))
+    if config.server_rule in DECENTRALIZED:
+        if out["workers"] != config.max_workers:
+            raise ValueError(f"server_rule={config.server_rule!r} keeps one model per worker: workers="
+                             f"{out['workers']} must equal max_workers={config.max_workers}.")
+        if out["warmup_steps"] or out["initial_workers"]:
+            raise ValueError(f"server_rule={config.server_rule!r} has no warm-up or gradual introduction; "
+                             "drop warmup_steps and initial_workers.")
     if config.data_split is not None and out["workers"] != config.max_workers:
         raise ValueError(f"data_split splits the data over max_workers={config.max_workers} workers; "
                          f"workers={out['workers']} must equal it (use one group per worker count).")
@@ -451,6 +506,21 @@ def make_timing(name: str, hparams: Mapping[str, Any], worker_times=()) -> timin
     return timing_lib.stragglers(base, hparams["straggler_fraction"], hparams["straggler_slowdown"])
 
 
+def make_network(hparams: Mapping[str, Any]) -> network_lib.Network:
+    r"""The network of a config with ``network=True``: :data:`NETWORK_HPARAMS`, a bandwidth of 0 meaning unlimited.
+
+    Example:
+        >>> from asgd_jax.train import make_network
+        >>> net = make_network({"latency": 0.1, "bandwidth": 0.0, "server_bandwidth": 1e6})
+        >>> float(net.byte_time), float(net.server_byte_time)
+        (0.0, 9.999999974752427e-07)
+    """
+    unlimited = lambda b: jnp.where(jnp.asarray(b, jnp.float32) > 0, jnp.asarray(b, jnp.float32), jnp.inf)
+    return network_lib.network(latency=jnp.asarray(hparams["latency"], jnp.float32),
+                               bandwidth=unlimited(hparams["bandwidth"]),
+                               server_bandwidth=unlimited(hparams["server_bandwidth"]))
+
+
 def make_optimizer(
     optimizer: str,
     hparams: Mapping[str, Any],
@@ -481,7 +551,7 @@ def make_optimizer(
         >>> int(state.events.workers), round(float(state.server_state[0].dc_lambda), 6)
         (3, 0.04)
     """
-    skip = {*GENERIC_HPARAMS, *ASYNC_HPARAMS, "dc_lambda", *RULE_HPARAMS.values()}
+    skip = {*GENERIC_HPARAMS, *ASYNC_HPARAMS, *NETWORK_HPARAMS, "dc_lambda", *RULE_HPARAMS.values()}
     if config is not None:
         skip |= {k for k, _ in config.server_hparams}
     opt_kwargs = {k: v for k, v in hparams.items() if k not in skip}
@@ -494,15 +564,25 @@ def make_optimizer(
     initial = hparams["initial_workers"]
     initial = jnp.where(jnp.asarray(initial) > 0, initial, workers).astype(jnp.int32)
     i32 = lambda name, default: jnp.asarray(hparams.get(name, default), jnp.int32)
+    net = make_network(hparams) if config.network else None
+    timing = make_timing(config.timing, hparams, config.worker_times)
+    if config.server_rule == "ad-psgd":
+        return dec.ad_psgd(inner, config.max_workers, peers=config.topology or "exponential", timing=timing,
+                           network=net, key=key)
+    if config.server_rule == "d-psgd":
+        return dec.dpsgd(inner, config.max_workers, mixing=config.topology or "ring", timing=timing, network=net,
+                         key=key)
     rules = config.rules
     scaling = "adaptive" if "adaptive" in rules else "inverse" if "inverse" in rules else None
     stepper = "drop" in rules or "accumulate" in rules
     return asynchronous(
         inner,
         jnp.asarray(workers, jnp.int32),
-        timing=make_timing(config.timing, hparams, config.worker_times),
+        timing=timing,
         assignment=config.assignment,
-        server_rule=config.server_rule,
+        server_rule="async" if config.server_rule == "async" else "sync",
+        communication="allreduce" if config.server_rule == "allreduce" else "server",
+        network=net,
         compensation=config.compensation,
         dc_lambda=hparams.get("dc_lambda"),
         staleness_scaling=scaling,
@@ -563,6 +643,7 @@ class Trainer:
         self._vmapped = None
         self._replicated = {}
         self.num_classes = int(dataset.num_classes)
+        self.decentralized = config.system == "async" and config.server_rule in DECENTRALIZED
         self.split = config.data_split
         if self.split is not None:
             # Per-worker shards as a padded index table: shards[w, :sizes[w]] are worker w's samples.
@@ -596,6 +677,8 @@ class Trainer:
         del data
         init_key, data_key = jax.random.split(key)
         params = self.model.init(init_key, jnp.zeros((1,) + self.input_shape, jnp.float32))["params"]
+        if self.decentralized:  # one model per worker, all starting from the same
+            params = dec.replicate(params, self.config.max_workers)
         hp = with_defaults(self.config.optimizer, hparams, self.config)
         ints = INT_HPARAMS - {"warmup_steps"}  # the warm-up length is kept as float32
         hp = {k: jnp.asarray(v, jnp.int32 if k in ints else jnp.float32) for k, v in hp.items()}
@@ -635,7 +718,9 @@ class Trainer:
         ``add_every >= 1``; ``time_mean > 0``, ``time_spread >= 0``,
         ``0 <= straggler_fraction <= 1``, ``straggler_slowdown > 0``;
         ``dc_lambda >= 0``, ``clip_norm > 0``, ``max_staleness >= 0``,
-        ``accumulate >= 1``, ``0 <= backup_workers < workers``; ``warmup_steps >= 0``.
+        ``accumulate >= 1``, ``0 <= backup_workers < workers``; ``warmup_steps >= 0``;
+        ``latency``, ``bandwidth``, ``server_bandwidth >= 0``; decentralized:
+        ``workers == max_workers``, no warm-up, no gradual introduction.
         """
         c = self.config
         ok = [jnp.isfinite(jnp.asarray(v, jnp.float32)) for v in hp.values()]
@@ -652,6 +737,9 @@ class Trainer:
                   "warmup_steps": (0, np.inf)}
         ok += [between(k, lo, hi) for k, (lo, hi) in ranges.items() if k in hp]
         ok += [get(k) > 0 for k in ("time_mean", "straggler_slowdown", "clip_norm") if k in hp]
+        ok += [get(k) >= 0 for k in NETWORK_HPARAMS if k in hp]
+        if self.decentralized:
+            ok += [get("workers") == c.max_workers, get("warmup_steps") == 0, get("initial_workers") == 0]
         if "backup_workers" in hp:
             ok.append((get("backup_workers") >= 0) & (get("backup_workers") < get("workers")))
         return ~jnp.all(jnp.stack([jnp.asarray(o, bool) for o in ok]))
@@ -677,7 +765,8 @@ class Trainer:
         """One gradient on the next batch of this epoch's order, through the config's system (delay or async)."""
         x_train, y_train = data[0], data[1]
         idx, cursor = self.batch_indices(data, state)
-        loss, grads = jax.value_and_grad(self.loss)(state.params, x_train[idx], y_train[idx])
+        at = dec.worker_params(state.opt_state, state.params)  # a decentralized worker's own model
+        loss, grads = jax.value_and_grad(self.loss)(at, x_train[idx], y_train[idx])
         updates, opt_state = self._system(state.hparams).update(grads, state.opt_state, state.params)
         worker_gradients = state.worker_gradients
         if worker_gradients is not None:
@@ -754,9 +843,14 @@ class Trainer:
         so far), ``collapsed`` (see :meth:`evaluate`) and ``diverged``: either
         of the two at this epoch or before. For ``system="async"`` also
         ``sim_time`` (the simulated clock, :attr:`SimState.time`) and
-        ``server_steps`` (updates the server applied, :attr:`SimState.version`).
+        ``server_steps`` (updates the server applied, :attr:`SimState.version`;
+        decentralized: gradient steps of AD-PSGD, rounds of D-PSGD); with a
+        network or decentralized, ``bytes_sent``; decentralized, the accuracy
+        metrics are the average model's, plus ``worker0_accuracy`` and
+        ``consensus_distance`` (:func:`asgd_jax.decentralized.consensus_distance`).
         """
-        ev = self.evaluate(data, state.params)
+        model = dec.average_model(state.params) if self.decentralized else state.params
+        ev = self.evaluate(data, model)
         finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(state.params)]))
         nonfinite = state.nonfinite | ~finite | ~jnp.isfinite(ev["test_loss"])
         diverged = state.diverged | nonfinite | ev["collapsed"]
@@ -770,6 +864,13 @@ class Trainer:
             sim = _event_state(state.opt_state)
             metrics["sim_time"] = sim.time
             metrics["server_steps"] = sim.version
+            if self.config.network or self.decentralized:
+                metrics["bytes_sent"] = jax.tree.leaves(
+                    state.opt_state, is_leaf=lambda x: hasattr(x, "bytes_sent") and hasattr(x, "events"))[0].bytes_sent
+        if self.decentralized:
+            first = jax.tree.map(lambda x: x[0], state.params)
+            metrics["worker0_accuracy"] = self.evaluate(data, first)["test_accuracy"]
+            metrics["consensus_distance"] = dec.consensus_distance(state.params)
         if state.worker_gradients is not None:
             metrics["worker_gradients"] = state.worker_gradients
         if state.invalid is not None:
