@@ -73,7 +73,7 @@ STATIC_FIELDS = ("model", "optimizer", "batch_size", "epochs")
 ASYNC_STATIC_FIELDS = ("system", "max_workers", "server_rule", "compensation", "assignment", "timing")
 # Static fields of asynchronous configs present only when they differ from their defaults (so configs
 # that do not use them keep their config_id): server rules by name, per-worker data, per-worker times.
-OPTIONAL_STATIC_FIELDS = ("rules", "data_split", "split_alpha", "worker_times")
+OPTIONAL_STATIC_FIELDS = ("rules", "data_split", "split_alpha", "worker_times", "topology", "network")
 # Fields that describe a config without entering training (they enter config_id and grouping).
 DESCRIPTIVE_FIELDS = ("data",)
 _CONFIG_DEFAULTS = {"model": "lenet5", "optimizer": "sgd", "seed": 0, "delay": 0}
@@ -286,10 +286,12 @@ def config_memory_bytes(trainer: Trainer) -> int:
     key = jax.random.key(0)
     hp = {n: 0 if n in INT_HPARAMS else 0.0 for n in hparam_names(trainer.config)}
     state = jax.eval_shape(trainer.init, trainer.data, key, hp)
-    params = state.params
+    params = state.params  # decentralized: one model per worker (gradient, update, temporaries stacked too)
+    one = (jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape[1:], s.dtype), params)
+           if getattr(trainer, "decentralized", False) else params)
     biggest = max(trainer.config.batch_size, trainer.eval_chunk)
     x = jax.ShapeDtypeStruct((biggest,) + trainer.input_shape, jnp.float32)
-    forward = jax.make_jaxpr(lambda p, x: trainer.model.apply({"params": p}, x))(params, x)
+    forward = jax.make_jaxpr(lambda p, x: trainer.model.apply({"params": p}, x))(one, x)
     # every value the forward pass computes, unfused: an upper bound on what it keeps alive
     activations = sum(_tree_bytes([v.aval for v in eqn.outvars]) for eqn in forward.jaxpr.eqns)
     return 2 * _tree_bytes(state) + 3 * _tree_bytes(params) + 2 * activations
@@ -439,6 +441,11 @@ def run_chunk(
             r["invalid"] = True
         if "worker_gradients" in metrics:
             r["worker_gradients"] = [int(v) for v in metrics["worker_gradients"][i, -1]]
+        if "bytes_sent" in metrics:  # a network or a decentralized system
+            r["bytes_sent_per_epoch"] = [_finite_or_none(v) for v in metrics["bytes_sent"][i]]
+        for m in ("worker0_accuracy", "consensus_distance"):  # decentralized: per epoch, like test_accuracy
+            if m in metrics:
+                r[m + "_per_epoch"] = [_finite_or_none(v) for v in metrics[m][i]]
         r["seconds"] = seconds
         results.append(r)
     return results
