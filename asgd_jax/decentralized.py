@@ -298,7 +298,8 @@ def ad_psgd(inner: optax.GradientTransformation, workers: int, *, peers="exponen
         i, arrived = arrival.worker, arrival.arrived
         k = state.exchanges[i]
         if table is None:  # a uniform other worker
-            other = jax.random.randint(jax.random.fold_in(ev.assign_key, 1), (), 0, max(n - 1, 1), jnp.int32)
+            draw = jax.random.fold_in(ev.assign_key, ev.arrivals)  # a fresh key per exchange
+            other = jax.random.randint(draw, (), 0, max(n - 1, 1), jnp.int32)
             j = jnp.where(n > 1, other + (other >= i), i).astype(jnp.int32)
         else:
             j = state.peers[i, k % state.peers.shape[1]]

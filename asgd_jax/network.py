@@ -136,7 +136,8 @@ def tree_bytes(params) -> int:
         >>> tree_bytes({"w": jnp.zeros((3, 4)), "b": jnp.zeros(4, jnp.float16)})
         56
     """
-    return int(sum(np.prod(np.shape(x), dtype=np.int64) * jnp.result_type(x).itemsize
+    itemsize = lambda x: np.dtype(x.dtype).itemsize if hasattr(x, "dtype") else jnp.result_type(x).itemsize
+    return int(sum(np.prod(np.shape(x), dtype=np.int64) * itemsize(x)
                    for x in jax.tree.leaves(params)))
 
 

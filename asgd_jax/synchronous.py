@@ -77,6 +77,26 @@ class SyncState(NamedTuple):
 
 
 
+def _pulls(link, rounds):
+    """Each worker's pull time this round (0 for workers not active)."""
+    ids = jnp.arange(link.network.latency.shape[0], dtype=jnp.int32)
+    return jnp.where(ids < rounds, network_lib.server_message_time(link.network, ids), 0.0)
+
+
+def _round_end(link, communication, start, finish, order, rounds, used_n, barrier):
+    """When a round that started at ``start`` steps, with communication; and the link's new state."""
+    net = link.network
+    if communication == "server":  # pushes of the winners, first come first served after the pulls
+        push = jnp.where(jnp.arange(order.shape[0]) < used_n, network_lib.server_message_time(net, order), 0.0)
+        done = network_lib.fifo_finish(finish[order], push, start + jnp.sum(_pulls(link, rounds)))[used_n - 1]
+        sent = rounds + used_n
+    else:
+        done = finish[order[used_n - 1]] + network_lib.ring_allreduce_time(net, rounds)
+        sent = 2 * (rounds - 1)
+    return done, link._replace(free=jnp.where(barrier, done, link.free),
+                               messages=link.messages + jnp.where(barrier, sent, 0))
+
+
 def synchronous(inner: optax.GradientTransformation, workers, *, backup_workers=0, timing=1.0,
                 initial_workers=None, add_workers=1, add_every=1, clip_norm=None,
                 network: network_lib.Network | None = None, communication: str = "server",
@@ -146,10 +166,7 @@ def synchronous(inner: optax.GradientTransformation, workers, *, backup_workers=
         p = ev.in_flight                                                    # position = worker
         start = p == 0
         link = state.link
-        begin = ev.time
-        if link is not None and communication == "server":  # the model goes to workers 0 .. M-1 in turn
-            pulls = jnp.where(ids < rounds, network_lib.server_message_time(link.network, ids), 0.0)
-            begin = ev.time + jnp.cumsum(pulls)
+        begin = ev.time if link is None or communication != "server" else ev.time + jnp.cumsum(_pulls(link, rounds))
         drawn = begin + ev.timing.sample_at(k_time, ids, ev.workers, begin)
         finish = jnp.where(start, jnp.where(ids < rounds, drawn, jnp.inf), ev.jobs.finish)
         order = jnp.argsort(finish, stable=True).astype(jnp.int32)         # ties: lower worker id
@@ -163,20 +180,9 @@ def synchronous(inner: optax.GradientTransformation, workers, *, backup_workers=
         step_grads = jax.tree.map(lambda a: (a * inv).astype(a.dtype), acc)
         new_updates, new_inner = inner.update(step_grads, state.inner_state, params, **extra_args)
         last = order[used_n - 1]
-        done = finish[last]
-        zero = jnp.zeros([], jnp.int32)
+        done, zero = finish[last], jnp.zeros([], jnp.int32)
         if link is not None:
-            net = link.network
-            if communication == "server":  # pushes of the winners, first come first served after the pulls
-                pulls_end = ev.time + jnp.sum(jnp.where(ids < rounds, network_lib.server_message_time(net, ids), 0.0))
-                push = jnp.where(jnp.arange(size) < used_n, network_lib.server_message_time(net, order), 0.0)
-                done = network_lib.fifo_finish(finish[order], push, pulls_end)[used_n - 1]
-                sent = rounds + used_n
-            else:
-                done = done + network_lib.ring_allreduce_time(net, rounds)
-                sent = 2 * (rounds - 1)
-            link = link._replace(free=jnp.where(barrier, done, link.free),
-                                 messages=link.messages + jnp.where(barrier, sent, zero))
+            done, link = _round_end(link, communication, ev.time, finish, order, rounds, used_n, barrier)
         now = jnp.where(barrier, done, ev.time)
         jobs = events.Jobs(finish=finish, seq=jnp.where(start, ev.dispatched + ids, ev.jobs.seq),
                            version=jnp.full([size], ev.version, jnp.int32), worker=ids,

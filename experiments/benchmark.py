@@ -21,8 +21,12 @@ peak (:func:`matmul_peak_flops`).
 
 It also measures the cost of the simulation itself: one jitted LeNet-5 step
 (gradient + server update) through ``asgd_jax.asynchronous`` with 16 workers
-(and through ``delayed``), against the same step with plain optax SGD, as
-ratios of time per step (the best of several interleaved rounds).
+(and through ``delayed``, ``synchronous``, and the decentralized ``ad_psgd`` and
+``dpsgd`` holding 16 models, with a network), against the same step with plain
+optax SGD, as ratios of time per step (the best of several interleaved rounds).
+Every variant computes one gradient per step, so the ratio is the cost per
+gradient against the same work done as separate single-model runs; the row
+``16 separate runs, vmapped`` gives that work batched (its time per gradient).
 
 Prints tables and writes ``benchmark.json`` to ``--out``.
 """
@@ -149,7 +153,8 @@ def _overhead(batch: int, workers: int, rounds: int = 7, steps: int = 60) -> lis
     import optax
 
     import asgd_jax
-    from asgd_jax import timing
+    from asgd_jax import decentralized as dec
+    from asgd_jax import network, timing
 
     model = asgd_jax.LeNet5()
     rng = np.random.default_rng(0)
@@ -172,20 +177,44 @@ def _overhead(batch: int, workers: int, rounds: int = 7, steps: int = 60) -> lis
         f"async {n}, random, DC-ASGD-a": asgd_jax.asynchronous(
             sgd, n, timing=timing.normal(1.0, 0.2), assignment="random", compensation="dc-a"
         ),
-        f"sync {n}, 2 backups": asgd_jax.asynchronous(
-            sgd, n, timing=timing.normal(1.0, 0.2), server_rule="sync", backup_workers=2
+        f"sync {n}, {min(2, n - 1)} backups": asgd_jax.asynchronous(
+            sgd, n, timing=timing.normal(1.0, 0.2), server_rule="sync", backup_workers=min(2, n - 1)
+        ),
+        f"async {n}, pure, network": asgd_jax.asynchronous(
+            sgd, n, timing=timing.normal(1.0, 0.2), network=network.network(0.001, 5e6, server_bandwidth=5e6 / n)
         ),
     }
+    stacked = {
+        f"AD-PSGD, {n} models, network": asgd_jax.ad_psgd(
+            sgd, n, peers="exponential" if n % 2 == 0 or n == 1 else "ring", timing=timing.normal(1.0, 0.2),
+            network=network.network(0.001, 5e6)),
+        f"D-PSGD, {n} models, ring": asgd_jax.dpsgd(sgd, n, timing=timing.normal(1.0, 0.2)),
+    }
+    variants.update(stacked)
     steps_fns, states = {}, {}
     for name, tx in variants.items():
 
         def step(p, s, tx=tx):
-            updates, s = tx.update(jax.grad(loss)(p), s, p)
+            updates, s = tx.update(jax.grad(loss)(dec.worker_params(s, p)), s, p)
             return optax.apply_updates(p, updates), s
 
         steps_fns[name] = jax.jit(step, donate_argnums=(0, 1))
-        p = jax.tree.map(jnp.copy, params0)
+        p = dec.replicate(params0, n) if name in stacked else params0
+        p = jax.tree.map(jnp.copy, p)
         states[name] = steps_fns[name](p, tx.init(p))  # compile + warm up
+    # the same work as n separate single-model runs, batched: one vmapped call is n gradients
+    runs = f"{n} separate runs, vmapped"
+
+    def separate(p, s):
+        def one(p, s):
+            updates, s = sgd.update(jax.grad(loss)(p), s, p)
+            return optax.apply_updates(p, updates), s
+        return jax.vmap(one)(p, s)
+
+    steps_fns[runs] = jax.jit(separate, donate_argnums=(0, 1))
+    p = jax.tree.map(jnp.copy, dec.replicate(params0, n))
+    states[runs] = steps_fns[runs](p, jax.vmap(sgd.init)(p))
+    variants[runs] = None
     best = {name: float("inf") for name in variants}
     for _ in range(rounds):  # interleaved, so a busy moment hurts every variant alike
         for name in variants:
@@ -195,11 +224,12 @@ def _overhead(batch: int, workers: int, rounds: int = 7, steps: int = 60) -> lis
             for _ in range(steps):
                 p, s = steps_fns[name](p, s)
             jax.block_until_ready(p)
-            best[name] = min(best[name], (time.perf_counter() - t0) / steps)
+            per_gradient = (time.perf_counter() - t0) / steps / (n if name == runs else 1)
+            best[name] = min(best[name], per_gradient)
             states[name] = (p, s)
     base = best["plain optax SGD"]
     return [
-        {"batch_size": batch, "variant": name, "ms_per_step": 1e3 * t, "ratio_to_plain": t / base}
+        {"batch_size": batch, "variant": name, "ms_per_step": 1e3 * t, "ratio_to_plain": t / base}  # per gradient
         for name, t in best.items()
     ]
 

@@ -37,3 +37,19 @@ def test_tiny_benchmark_writes_summary(tmp_path, capsys):
 def test_bad_batch_size_is_one_line_error(tmp_path, capsys):
     assert main(["benchmark", "--batch-sizes", "64", "--samples", "32", "--out", str(tmp_path / "b")]) != 0
     assert "--batch-sizes" in capsys.readouterr().err
+
+
+def test_overhead_table_times_every_system_per_gradient(tmp_path, capsys):
+    out = tmp_path / "bench"
+    argv = ["benchmark", "--only", "overhead", "--batch-sizes", "8", "--samples", "64", "--workers", "2"]
+    assert main([*argv, "--out", str(out)]) == 0
+    rows = json.loads((out / "benchmark.json").read_text())["overhead"]
+    names = [r["variant"] for r in rows]
+    for expected in ("plain optax SGD", "AD-PSGD, 2 models, network", "D-PSGD, 2 models, ring",
+                     "async 2, pure, network", "2 separate runs, vmapped"):
+        assert expected in names
+    plain = next(r for r in rows if r["variant"] == "plain optax SGD")
+    assert plain["ratio_to_plain"] == 1.0
+    for r in rows:
+        assert r["ms_per_step"] > 0
+        assert abs(r["ratio_to_plain"] - r["ms_per_step"] / plain["ms_per_step"]) < 1e-9 * r["ratio_to_plain"]

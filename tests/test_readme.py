@@ -69,3 +69,20 @@ def test_readme_commands_match_ci():
     test_cmd = 'pip install -e ".[test]" && python -m pytest'
     assert test_cmd in README and test_cmd in ci
     assert "pip install . && python -m experiments delay_sweep --preset quick" in README
+
+
+def test_decentralized_example_matches_hand_derived_numbers():
+    code = next(b for b in BLOCKS if "asgd_jax.ad_psgd(" in b)
+    _, printed = _run(code)
+    rows = dict(line.split(": ", 1) for line in printed.strip().splitlines())
+    x_ad, t_ad, bytes_ad = (float(v) for v in re.findall(r"[-\d.]+", rows["AD-PSGD"])[:3])
+    x_ar, t_ar, bytes_ar = (float(v) for v in re.findall(r"[-\d.]+", rows["AllReduce"])[:3])
+    # AllReduce: SGD on the mean gradient converges to the mean target 3.5; 100 rounds of
+    # (slowest 16 + ring all-reduce 2 * 7 * (0.01 + 0.01 + (4 / 8) / 4000)); 2 * 7 model-sized messages of 4 bytes a round
+    assert abs(x_ar - 3.5) < 0.05
+    assert abs(t_ar - 100 * (16 + 14 * 0.020125)) < 1
+    assert bytes_ar == 100 * 14 * 4
+    # AD-PSGD: 793 exchanges (800 calls, 7 start-up fills) of 2 messages of 4 bytes; no round waits for the slow worker
+    assert bytes_ad == 793 * 2 * 4
+    assert t_ad < t_ar / 10
+    assert 2.5 < x_ad < 3.4   # pulled towards the 7 fast workers' mean 3.0
