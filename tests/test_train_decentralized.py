@@ -1,0 +1,148 @@
+"""The Trainer's communication and decentralized systems against independent references.
+
+- AD-PSGD through ``TrainConfig(server_rule="ad-psgd")`` step by step against a NumPy re-simulation
+  (hand-written MLP backprop from test_train_async; events with fixed per-worker times, pure rule; on arrival
+  average with the ring peer, then an SGD step with the stale gradient computed at the worker's own model).
+- One worker: AD-PSGD, D-PSGD, AllReduce-SGD and SSGD train exactly like the delay-0 path (plain SGD).
+- A network of zero cost changes nothing; a costly one moves the clock by hand-derived amounts.
+- Bad configs give one-line errors before compiling; config ids of configs without the new fields are unchanged.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from asgd_jax import sweep
+from asgd_jax.train import TrainConfig, Trainer, make_train
+from test_train_async import BATCH, NUM_TRAIN, _dataset, _flat, _np_grad
+
+
+def _trainer(n, **static):
+    cfg = TrainConfig(model="mlp", batch_size=BATCH, epochs=1, system="async", max_workers=n, **static)
+    return Trainer(cfg, _dataset())
+
+
+def _reference_ad_psgd(x0, order, x, y, *, steps, lr, times, latency=0.0):
+    """AD-PSGD on the ring: x0 is one model (list of arrays); returns every worker's models after each call."""
+    n = len(times)
+    models = [[a.copy() for a in x0] for _ in range(n)]
+    now, busy, pool, seq, nxt, exchanges = 0.0, [0.0] * n, [], 0, 0, [0] * n
+    history = []
+    for t in range(steps):
+        idx = order[t * BATCH:(t + 1) * BATCH]
+        g = _np_grad(models[nxt], x[idx], y[idx])          # at the worker's own model, now
+        finish = max(now, busy[nxt]) + times[nxt]
+        busy[nxt] = finish
+        pool.append(dict(finish=finish, seq=seq, worker=nxt, grad=g))
+        seq += 1
+        if len(pool) >= n:
+            job = min(pool, key=lambda j: (j["finish"], j["seq"]))
+            pool.remove(job)
+            now, i = job["finish"], job["worker"]
+            ring = [(i + 1) % n, (i - 1) % n] if n > 2 else [1 - i]
+            j = ring[exchanges[i] % len(ring)]
+            exchanges[i] += 1
+            avg = [(a + b) / 2 for a, b in zip(models[i], models[j])]
+            models[j] = [a.copy() for a in avg]
+            models[i] = [a - lr * gi for a, gi in zip(avg, job["grad"])]
+            busy[i] = max(busy[i], now + 2 * latency)      # the averaging message: latency at both ends
+        history.append([[a.copy() for a in m] for m in models])
+        in_flight = {jb["worker"] for jb in pool}
+        nxt = next(w for w in range(n) if w not in in_flight)
+    return history
+
+
+@pytest.mark.parametrize("latency", [0.0, 0.25])  # dyadic: float32 and float64 clocks agree exactly
+def test_trainer_ad_psgd_matches_numpy_reference(latency):
+    n, steps, lr = 3, NUM_TRAIN // BATCH, 0.5  # one epoch: 12 calls
+    trainer = _trainer(n, server_rule="ad-psgd", topology="ring", network=True)
+    hp = {"learning_rate": lr, "workers": n, "straggler_fraction": 1 / 3, "straggler_slowdown": 2.5,
+          "momentum": 0.0, "latency": latency}
+    init, step = jax.jit(trainer.init), jax.jit(trainer.step)
+    state = init(trainer.data, jax.random.key(0), hp)
+    one = jax.tree.map(lambda a: a[0], state.params)
+    ds = _dataset()
+    x = np.asarray(ds.x_train, np.float64).reshape(NUM_TRAIN, -1)
+    ref = _reference_ad_psgd(_flat(one), np.asarray(state.order), x, np.asarray(ds.y_train), steps=steps,
+                             lr=lr, times=[1.0, 1.0, 2.5], latency=latency)
+    for t in range(steps):
+        state = step(trainer.data, state)
+        for w in range(n):
+            got = _flat(jax.tree.map(lambda a: a[w], state.params))
+            for k, (a, r) in enumerate(zip(got, ref[t][w])):
+                np.testing.assert_allclose(a, r, rtol=1e-4, atol=1e-5, err_msg=f"call {t}, worker {w}, array {k}")
+    spread = max(np.abs(a - b).max() for a, b in zip(ref[-1][0], ref[-1][2]))
+    assert spread > 1e-3  # the workers' models differ: the comparison is not of one shared model
+
+
+def _metrics(static, hp, epochs=2):
+    cfg = TrainConfig(model="mlp", batch_size=BATCH, epochs=epochs, **static)
+    train = jax.jit(make_train(cfg, _dataset()))
+    return jax.tree.map(np.asarray, train(jax.random.key(3), hp))
+
+
+@pytest.mark.parametrize("rule", ["ad-psgd", "d-psgd", "allreduce", "sync"])
+def test_one_worker_is_plain_sgd(rule):
+    plain = _metrics({}, {"learning_rate": 0.3, "momentum": 0.9})
+    got = _metrics({"system": "async", "max_workers": 1, "server_rule": rule, "network": True},
+                   {"learning_rate": 0.3, "momentum": 0.9, "workers": 1, "latency": 0.1, "bandwidth": 1e3})
+    for k in ("test_accuracy", "test_loss", "train_loss"):
+        np.testing.assert_allclose(got[k], plain[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+@pytest.mark.parametrize("rule", ["async", "sync"])
+def test_zero_cost_network_changes_nothing(rule):
+    base = {"system": "async", "max_workers": 4, "server_rule": rule, "timing": "exponential"}
+    hp = {"learning_rate": 0.1, "workers": 4}
+    without = _metrics(base, hp)
+    free = _metrics({**base, "network": True}, {**hp, "latency": 0.0, "bandwidth": 0.0, "server_bandwidth": 0.0})
+    for k in ("test_accuracy", "train_loss", "sim_time", "server_steps"):
+        np.testing.assert_array_equal(free[k], without[k], err_msg=k)
+    assert np.all(free["bytes_sent"] > 0)
+
+
+def test_allreduce_clock_by_hand():
+    # 2 workers, fixed times 1: a round = 1 + ring all-reduce 2 * (2 - 1) * (2 * 0.25) = 2.0; 96 // 8 = 12
+    # gradients per epoch = 6 rounds = 12.0 per epoch; each round sends 2 * (2 - 1) model-sized messages.
+    got = _metrics({"system": "async", "max_workers": 2, "server_rule": "allreduce", "network": True},
+                   {"learning_rate": 0.1, "workers": 2, "latency": 0.25})
+    np.testing.assert_allclose(got["sim_time"], [12.0, 24.0], rtol=1e-6)
+    trainer = _trainer(2, server_rule="allreduce", network=True)
+    size = sum(int(np.prod(a.shape)) * 4 for a in jax.tree.leaves(
+        jax.eval_shape(trainer.init, trainer.data, jax.random.key(0), {"learning_rate": 0.1, "workers": 2})
+        .params))
+    np.testing.assert_allclose(got["bytes_sent"], [12 * size, 24 * size], rtol=1e-6)
+
+
+@pytest.mark.parametrize("static, hp, match", [
+    ({"server_rule": "ad-psgd"}, {"workers": 3}, "workers=3 must equal max_workers=4"),
+    ({"server_rule": "ad-psgd"}, {"workers": 4, "warmup_steps": 5}, "no warm-up"),
+    ({"server_rule": "d-psgd", "topology": "torus"}, {"workers": 4}, "torus"),
+    ({"server_rule": "ad-psgd", "topology": "bogus"}, {"workers": 4}, "unknown peers"),
+    ({"server_rule": "ad-psgd", "rules": ("clip",)}, {"workers": 4, "clip_norm": 1.0}, "no server"),
+    ({"server_rule": "async", "topology": "ring"}, {"workers": 4}, "topology applies"),
+    ({"server_rule": "async", "network": True}, {"workers": 4, "bandwidth": -1.0}, "bandwidth must be"),
+])
+def test_bad_decentralized_configs_are_one_line(static, hp, match):
+    config = {"model": "mlp", "batch_size": 8, "epochs": 1, "learning_rate": 0.1, "system": "async",
+              "max_workers": 4, **static, **hp}
+    with pytest.raises(ValueError, match=match) as e:
+        sweep.normalize_config(config, NUM_TRAIN)
+    assert "\n" not in str(e.value)
+
+
+def test_odd_workers_refuse_the_exponential_graph():
+    with pytest.raises(ValueError, match="even number of workers"):
+        sweep.normalize_config({"model": "mlp", "batch_size": 8, "epochs": 1, "learning_rate": 0.1,
+                                "system": "async", "max_workers": 5, "workers": 5, "server_rule": "ad-psgd"})
+
+
+def test_new_fields_are_absent_from_configs_that_do_not_use_them():
+    c = sweep.normalize_config({"model": "mlp", "batch_size": 8, "epochs": 1, "learning_rate": 0.1,
+                                "system": "async", "workers": 4})
+    assert "topology" not in c and "network" not in c and "latency" not in c
+    d = sweep.normalize_config({"model": "mlp", "batch_size": 8, "epochs": 1, "learning_rate": 0.1,
+                                "system": "async", "workers": 4, "server_rule": "ad-psgd", "network": True})
+    assert d["network"] is True and d["latency"] == 0.0 and sweep.config_id(c) != sweep.config_id(d)
