@@ -306,12 +306,13 @@ def ad_psgd(inner: optax.GradientTransformation, workers: int, *, peers="exponen
         xi, xj = _row(params, i), _row(params, j)
         avg = jax.tree.map(lambda a, b: (a + b) / 2, xi, xj)
         step, si = inner.update(g, _row(state.inner_state, i), avg, **extra_args)
+        # rows only (O(one model)); the dense update is written once, into zeros
+        masked = lambda d: jnp.where(arrived, d, jnp.zeros_like(d))
         zeros = jax.tree.map(jnp.zeros_like, params)
-        out = _set_row(_set_row(zeros, j, jax.tree.map(jnp.subtract, avg, xj)), i,
-                       jax.tree.map(lambda a, u, x: a + u - x, avg, step, xi))
-        out = jax.tree.map(lambda u: jnp.where(arrived, u, jnp.zeros_like(u)), out)
-        inner_state = jax.tree.map(lambda a, b: jnp.where(arrived, a, b),
-                                   _set_row(state.inner_state, i, si), state.inner_state)
+        out = _set_row(_set_row(zeros, j, jax.tree.map(lambda a, x: masked(a - x), avg, xj)), i,
+                       jax.tree.map(lambda a, u, x: masked(a + u - x), avg, step, xi))
+        old = _row(state.inner_state, i)
+        inner_state = _set_row(state.inner_state, i, jax.tree.map(lambda a, b: jnp.where(arrived, a, b), si, old))
         link = state.link
         if link is not None:
             free = arrival.time + network_lib.peer_message_time(link.network, i, j)
