@@ -239,6 +239,22 @@ def _set_row(tree, i, row):
     return jax.tree.map(lambda x, r: jax.lax.dynamic_update_index_in_dim(x, r.astype(x.dtype), i, 0), tree, row)
 
 
+def _initializer(inner, n, peers, timing, network, key):
+    """Validates the events and network now; returns ``init(params)`` of a :class:`DecentralizedState`."""
+    make_events = lambda: events.init(n, timing=timing, key=key)
+    make_events()
+    network_lib.check(network, n)
+
+    def init_fn(params):
+        _check_params(params, n)
+        return DecentralizedState(
+            events=make_events(), grads=jax.tree.map(jnp.zeros_like, params),
+            inner_state=jax.vmap(inner.init)(params), exchanges=jnp.zeros([n], jnp.int32), peers=peers,
+            link=network_lib.link(network, params, n, per_worker_axis=True))
+
+    return init_fn
+
+
 def ad_psgd(inner: optax.GradientTransformation, workers: int, *, peers="exponential", timing=1.0,
             network: network_lib.Network | None = None, key=0) -> optax.GradientTransformationExtraArgs:
     r"""AD-PSGD (Lian et al. 2018) around each worker's optimizer ``inner`` (see the module docstring).
@@ -278,17 +294,8 @@ def ad_psgd(inner: optax.GradientTransformation, workers: int, *, peers="exponen
     if peers == "random":
         peer_table(peers, n)  # validates the name
     inner = optax.with_extra_args_support(inner)
-    make_events = lambda: events.init(n, timing=timing, key=key)
-    make_events()
-    network_lib.check(network, n)
-
-    def init_fn(params):
-        _check_params(params, n)
-        return DecentralizedState(
-            events=make_events(), grads=jax.tree.map(jnp.zeros_like, params),
-            inner_state=jax.vmap(inner.init)(params), exchanges=jnp.zeros([n], jnp.int32),
-            peers=jnp.zeros([n, 1], jnp.int32) if table is None else jnp.asarray(table),
-            link=network_lib.link(network, params, n, per_worker_axis=True))
+    init_fn = _initializer(inner, n, jnp.zeros([n, 1], jnp.int32) if table is None else jnp.asarray(table),
+                           timing, network, key)
 
     def update_fn(updates, state: DecentralizedState, params=None, **extra_args):
         if params is None:
@@ -364,16 +371,7 @@ def dpsgd(inner: optax.GradientTransformation, workers: int, *, mixing="ring", t
     w = mixing_matrix(mixing, n)
     adjacency = (w > 0) & ~np.eye(n, dtype=bool)
     inner = optax.with_extra_args_support(inner)
-    make_events = lambda: events.init(n, timing=timing, key=key)
-    make_events()
-    network_lib.check(network, n)
-
-    def init_fn(params):
-        _check_params(params, n)
-        return DecentralizedState(
-            events=make_events(), grads=jax.tree.map(jnp.zeros_like, params),
-            inner_state=jax.vmap(inner.init)(params), exchanges=jnp.zeros([n], jnp.int32),
-            peers=jnp.asarray(w, jnp.float32), link=network_lib.link(network, params, n, per_worker_axis=True))
+    init_fn = _initializer(inner, n, jnp.asarray(w, jnp.float32), timing, network, key)
 
     def update_fn(updates, state: DecentralizedState, params=None, **extra_args):
         if params is None:
