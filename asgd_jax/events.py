@@ -152,7 +152,7 @@ def init(workers, *, timing=1.0, max_workers: int | None = None, key=0, initial_
     if initial_workers is not None:
         _checks.check_int("initial_workers", initial_workers, 1)
     model = timing_lib.as_timing(timing)
-    _check_scales(model, size)
+    model.check_workers(size)  # per-worker scales, failing worker ids
     i32, zero = (lambda x: jnp.array(x, jnp.int32)), (lambda: jnp.zeros([], jnp.int32))
     n, key = jnp.clip(i32(workers), 1, size), jnp.copy(_checks.as_key(key))
     init_n = n if initial_workers is None else i32(initial_workers)
@@ -168,16 +168,6 @@ def init(workers, *, timing=1.0, max_workers: int | None = None, key=0, initial_
         timing=jax.tree.map(lambda x: jnp.array(x, jnp.float32), model), workers=n,
         initial_workers=jnp.array(init_n), add_workers=i32(add_workers), add_every=i32(add_every),
         invalid=invalid)
-
-
-def _check_scales(model, size: int) -> None:
-    """Refuses per-worker scales (anywhere in the model) that do not cover every worker."""
-    if isinstance(model, timing_lib.PerWorker):
-        c = _checks.concrete(model.scales)
-        if c is not None and (c.ndim != 1 or c.shape[0] < size):
-            raise ValueError(f"per_worker timing has {c.size} scale(s) for {size} workers; give one each.")
-    if getattr(model, "base", None) is not None:
-        _check_scales(model.base, size)
 
 
 def active_workers(state: EventState, version=None) -> jax.Array:

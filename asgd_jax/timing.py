@@ -19,7 +19,8 @@ Base distributions (the same law for every worker): :func:`fixed`,
 compose with any model (wrappers included): :func:`per_worker` (worker ``i``'s
 times scaled by ``scales[i]``) and :func:`stragglers` (the last fraction ``p`` of
 the workers ``c`` times slower). ``model.expected(worker, num_workers)`` gives the
-expected compute time.
+expected compute time. :func:`failing` takes a worker down for a while (or for
+good); it depends on the clock, through ``sample_at``.
 """
 
 from __future__ import annotations
@@ -29,14 +30,15 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.special import ndtr
 
 from asgd_jax import _checks
 
 __all__ = [
     "TimingModel", "Fixed", "Normal", "Exponential", "LogNormal", "Uniform", "PerWorker",
-    "Stragglers", "fixed", "normal", "exponential", "lognormal", "uniform", "per_worker",
-    "stragglers", "as_timing", "LAWS", "from_name",
+    "Stragglers", "Failing", "fixed", "normal", "exponential", "lognormal", "uniform", "per_worker",
+    "stragglers", "failing", "as_timing", "LAWS", "from_name",
 ]
 
 # The base laws :func:`from_name` knows, by name (what a command line or a config file names).
@@ -89,6 +91,13 @@ class TimingModel:
         """
         del now
         return self.sample(key, worker, num_workers)
+
+    def check_workers(self, size: int) -> None:
+        """One-line ``ValueError`` if the model's per-worker parameters do not fit ``size`` workers
+        (the event model calls it); wrappers check their ``base`` too."""
+        base = getattr(self, "base", None)
+        if isinstance(base, TimingModel):
+            base.check_workers(size)
 
 
 @_pytree_dataclass
@@ -186,6 +195,12 @@ class PerWorker(TimingModel):
     def is_random(self):
         return self.base.is_random
 
+    def check_workers(self, size):
+        c = _checks.concrete(self.scales)
+        if c is not None and (c.ndim != 1 or c.shape[0] < size):
+            raise ValueError(f"per_worker timing has {c.size} scale(s) for {size} workers; give one each.")
+        super().check_workers(size)
+
     def _scale(self, worker):
         return jnp.take(_f32(self.scales), jnp.asarray(worker, jnp.int32), mode="clip")
 
@@ -222,6 +237,42 @@ class Stragglers(TimingModel):
 
     def expected(self, worker, num_workers=1):
         return self._factor(worker, num_workers) * self.base.expected(worker, num_workers)
+
+
+@_pytree_dataclass
+class Failing(TimingModel):
+    r"""Worker ``worker`` is down during ``[fail_at, return_at)``. Build with :func:`failing`."""
+
+    base: Any
+    worker: Any
+    fail_at: Any
+    return_at: Any
+
+    @property
+    def is_random(self):
+        return self.base.is_random
+
+    def check_workers(self, size):
+        c = _checks.concrete(self.worker)
+        if c is not None and int(c) >= size:
+            raise ValueError(f"failing(worker={int(c)}) names no worker: ids are 0 .. {size - 1}.")
+        super().check_workers(size)
+
+    def sample(self, key, worker, num_workers=1):
+        return self.base.sample(key, worker, num_workers)
+
+    def expected(self, worker, num_workers=1):
+        return self.base.expected(worker, num_workers)
+
+    def sample_at(self, key, worker, num_workers, now):
+        now = _f32(now)
+        t = self.base.sample_at(key, worker, num_workers, now)
+        fail, back = _f32(self.fail_at), _f32(self.return_at)
+        hit = (jnp.asarray(worker, jnp.int32) == jnp.asarray(self.worker, jnp.int32)) & (now < back)
+        lost = hit & (now + t > fail)
+        redo = self.base.sample_at(key, worker, num_workers, jnp.broadcast_to(back, jnp.shape(now)))
+        # now < back, so back - now > 0 (inf when the worker never returns)
+        return jnp.where(lost, (back - jnp.where(lost, now, 0.0)) + redo, t)
 
 
 def fixed(time=1.0) -> Fixed:
@@ -402,6 +453,62 @@ def stragglers(base: TimingModel | float, fraction=0.1, slowdown=5.0) -> Straggl
         raise ValueError(f"stragglers(fraction) must be in [0, 1], got {fraction!r}.")
     _checks.check_number("stragglers(slowdown)", slowdown, positive=True)
     return Stragglers(as_timing(base), fraction, slowdown)
+
+
+def failing(base: TimingModel | float, worker, fail_at, return_at=float("inf")) -> Failing:
+    r"""A failure: worker ``worker`` is down during :math:`[t_f, t_r)`; the others are unaffected.
+
+    A job that ``worker`` starts at ``now`` and that takes :math:`T` (a draw of
+    ``base``) finishes at ``now + T`` if that is at most :math:`t_f`; otherwise its
+    work is lost and redone once the worker is back: it finishes at
+    :math:`t_r + T'`, :math:`T'` the base time of a job started at :math:`t_r`
+    (the same draw for a base that ignores the clock), and at :math:`\infty` when
+    :math:`t_r = \infty` (the worker never returns). A job started at or after
+    :math:`t_r` takes :math:`T`. Every system then handles the failure its own
+    way: asynchronous ones train on with the other workers (the lost job arrives
+    late, very stale, or never), synchronous rounds wait for the worker (the
+    clock stalls until :math:`t_r + T'`, for ever if it never returns).
+    Several failures: nest ``failing`` (the outer one sees the inner one's
+    times). Keep ``failing`` outside :func:`per_worker` and :func:`stragglers`
+    (they scale ``base.sample``, which ignores the clock). ``expected`` is the
+    base's (the time while up).
+
+    Args:
+        base: any model (or a number, meaning ``fixed(number)``).
+        worker: the failing worker's id (``>= 0``; the event model refuses ids
+            it does not have).
+        fail_at: :math:`t_f \ge 0`.
+        return_at: :math:`t_r \ge t_f` (default ``inf``: never returns).
+
+    Returns:
+        A :class:`Failing` model (all numbers may be traced).
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from asgd_jax import timing
+        >>> model = timing.failing(timing.fixed(1.0), worker=2, fail_at=2.5, return_at=10.0)
+        >>> model.sample_at(jax.random.key(0), jnp.arange(3), 3, 2.0)    # worker 2's job is lost: 10 + 1 - 2
+        Array([1., 1., 9.], dtype=float32)
+        >>> model.sample_at(jax.random.key(0), jnp.arange(3), 3, 1.0)    # finishes at 2 <= 2.5
+        Array([1., 1., 1.], dtype=float32)
+    """
+    _checks.check_int("failing(worker)", worker, 0)
+    _checks.check_number("failing(fail_at)", fail_at, minimum=0.0)
+    r = _checks.concrete(return_at)
+    if r is not None:
+        try:
+            r = np.asarray(r, np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"failing(return_at) must be a number, got {return_at!r}.") from None
+        if r.shape != () or np.isnan(r):
+            raise ValueError(f"failing(return_at) must be a number (inf: never returns), got {return_at!r}.")
+        f = _checks.concrete(fail_at)
+        if f is not None and not r >= f:
+            raise ValueError(f"failing: the worker returns (return_at={return_at!r}) before it fails "
+                             f"(fail_at={fail_at!r}); give return_at >= fail_at.")
+    if _checks.concrete(fail_at) is not None and np.shape(fail_at) != ():
+        raise ValueError(f"failing(fail_at) must be one number, got {fail_at!r}; nest failing for more failures.")
+    return Failing(as_timing(base), worker, fail_at, return_at)
 
 
 def as_timing(model) -> TimingModel:
