@@ -415,8 +415,10 @@ def _find(state):
 
 def worker_params(state, params):
     """The model the next gradient must be computed at: row :func:`asgd_jax.next_worker` of ``params`` for a
-    decentralized system (found inside ``state``, also in a chain), ``params`` itself otherwise."""
+    decentralized system (found inside ``state``, also in a chain), the replica's local copy for
+    :func:`asgd_jax.downpour.downpour`, ``params`` itself otherwise."""
     dec = _find(state)
     if dec is None:
-        return params
+        from asgd_jax.downpour import replica_params  # a Downpour replica's local copy; else params
+        return replica_params(state, params)
     return _row(params, dec.events.next_worker)
