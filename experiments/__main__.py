@@ -19,6 +19,7 @@ STUDIES = {
     "dc_asgd": "experiments.dc_asgd",
     "downpour": "experiments.downpour",
     "heterogeneous": "experiments.heterogeneous",
+    "ad_psgd": "experiments.ad_psgd",
 }
 
 

@@ -469,19 +469,32 @@ def step_size_scores(
     _save(fig, path)
 
 
+def _plain_log_labels(axis) -> None:
+    """Tick labels of a log axis written as plain numbers (``20``, ``1.5``), not ``2×10^1``: the labels
+    matplotlib adds within a decade then fit side by side."""
+    from matplotlib.ticker import LogFormatter
+
+    axis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+    axis.set_minor_formatter(LogFormatter(labelOnlyBase=False))
+
+
 def accuracy_panels(
-    panels: Mapping[str, Sequence[Mapping]], path: str, *, xlabel: str, title: str = "", logx: bool = False,
-    vlines: Mapping[str, Sequence[float]] | None = None,
+    panels: Mapping[str, Sequence[Mapping]], path: str, *, xlabel: str | Mapping[str, str], title: str = "",
+    logx: bool | Sequence[str] = False, vlines: Mapping[str, Sequence[float]] | None = None,
+    cols: int | None = None,
 ) -> None:
     """Test accuracy curves, one panel per key of ``panels`` (shared y axis from 0 to 1).
 
     ``panels``: panel title → mappings with ``label``, ``x``, ``y`` (equal-length
     sequences; ``None`` points are gaps) and optional ``color``, ``ls``.
+    ``xlabel``: one label for every panel, or panel title → label.
+    ``logx``: every panel's x axis logarithmic (``True``) or those of the panel titles given.
     ``vlines``: optional panel title → x positions of dotted grey vertical lines.
+    ``cols``: panels per row (default: up to 3).
     """
     plt = _pyplot()
     n = max(1, len(panels))
-    cols = min(n, 3)
+    cols = min(n, cols or 3)
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.8 * cols, 3.6 * rows), squeeze=False,
                              constrained_layout=True, sharey=True)
@@ -497,9 +510,11 @@ def accuracy_panels(
         for v in (vlines or {}).get(name, []):
             ax.axvline(v, color="grey", linestyle=":", linewidth=1)
         ax.set_title(name, fontsize=10)
-        ax.set_xlabel(xlabel)
-        if logx and any_positive_x:  # a panel with no positive x (e.g. no server step yet) stays linear
+        ax.set_xlabel(xlabel if isinstance(xlabel, str) else xlabel.get(name, ""))
+        log = logx is True or (not isinstance(logx, bool) and name in logx)
+        if log and any_positive_x:  # a panel with no positive x (e.g. no server step yet) stays linear
             ax.set_xscale("log")
+            _plain_log_labels(ax.xaxis)
         ax.set_ylim(0.0, 1.0)
         ax.grid(alpha=0.3)
         if k % cols == 0:
@@ -511,10 +526,13 @@ def accuracy_panels(
 def grouped_bars(
     groups: Sequence[str], methods: Sequence[str], values: Mapping[tuple[str, str], float | None], path: str, *,
     ylabel: str, title: str = "", colors: Mapping[str, str] | None = None, ylim: tuple[float, float] | None = None,
+    logy: bool = False, value_fmt: str = "{:.3f}", legend_outside: bool = False,
 ) -> None:
     """One cluster of bars per group (e.g. worker count), one bar per method, each labelled with its value.
 
-    ``values[(group, method)]``: the bar's height (missing or ``None``: no bar).
+    ``values[(group, method)]``: the bar's height (missing or ``None``: no bar; with ``logy``, also a
+    height <= 0). ``value_fmt``: how each bar's label writes its value. ``legend_outside``: the legend
+    below the axes (it then hides no bar).
     """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(groups) * len(methods) * 0.45 + 2), 4.2),
@@ -524,21 +542,66 @@ def grouped_bars(
         xs, hs = [], []
         for i, g in enumerate(groups):
             v = values.get((g, m))
-            if v is not None and np.isfinite(v):
+            if v is not None and np.isfinite(v) and (v > 0 or not logy):
                 xs.append(i + (j - (len(methods) - 1) / 2) * width)
                 hs.append(v)
         color = (colors or {}).get(m, f"C{j % 10}")
         bars = ax.bar(xs, hs, width=width * 0.95, label=m, color=color)
         for b, h in zip(bars, hs):
-            ax.annotate(f"{h:.3f}", (b.get_x() + b.get_width() / 2, h), ha="center", va="bottom", fontsize=6,
+            ax.annotate(value_fmt.format(h), (b.get_x() + b.get_width() / 2, h), ha="center", va="bottom", fontsize=6,
                         rotation=90, xytext=(0, 2), textcoords="offset points")
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels(groups)
     ax.set_ylabel(ylabel)
+    if logy:
+        ax.set_yscale("log")
+        tops = [v for v in values.values() if v is not None and np.isfinite(v) and v > 0]
+        if ylim is None and tops:  # room above the tallest bar for its label
+            ax.set_ylim(top=max(tops) * 2.5)
     if ylim is not None:
         ax.set_ylim(*ylim)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, ncol=min(len(methods), 4), loc="lower right")
+    if legend_outside:
+        ax.legend(fontsize=8, ncol=len(methods), loc="upper center", bbox_to_anchor=(0.5, -0.1))
+    else:
+        ax.legend(fontsize=7, ncol=min(len(methods), 4), loc="lower right")
     if title:
         ax.set_title(title, fontsize=10)
     _save(fig, path)
+
+
+def curve_panels(
+    panels: Mapping[str, Sequence[Mapping]], path: str, *, xlabel: str, ylabel: str, title: str = "",
+    logy: bool = False, cols: int | None = None,
+) -> None:
+    """Curves of any metric, one panel per key of ``panels`` (each panel its own y range).
+
+    ``panels``: panel title → mappings with ``label``, ``x``, ``y`` (``None`` points are gaps; with
+    ``logy``, so are values <= 0) and optional ``color``, ``ls``. ``cols``: panels per row (default: up to 3).
+    """
+    plt = _pyplot()
+    n = max(1, len(panels))
+    cols = min(n, cols or 3)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.8 * cols, 3.6 * rows), squeeze=False, constrained_layout=True)
+    for k, (name, series) in enumerate(panels.items()):
+        ax = axes[k // cols][k % cols]
+        drawn = False
+        for i, s in enumerate(series):
+            x = np.array([np.nan if v is None else v for v in s["x"]], float)
+            y = np.array([np.nan if v is None else v for v in s["y"]], float)
+            if logy:
+                y[~(y > 0)] = np.nan
+            drawn |= bool(np.isfinite(y).any())
+            ax.plot(x, y, marker="o", ms=3, lw=1.5, label=s["label"], color=s.get("color", f"C{i % 10}"),
+                    ls=s.get("ls", "-"))
+        if logy and drawn:
+            ax.set_yscale("log")
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+        if k % cols == 0:
+            ax.set_ylabel(ylabel)
+        if series:
+            ax.legend(fontsize=7, loc="best")
+    _save(fig, path, title, axes=axes, used=n, fontsize=11)

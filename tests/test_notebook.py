@@ -34,6 +34,11 @@ EXPECTED_FILES = [
     "warmup/results.jsonl",
     "warmup/curves.png",
     "warmup/report.md",
+    "ad_psgd/results.jsonl",
+    "ad_psgd/accuracy.png",
+    "ad_psgd/time_per_epoch.png",
+    "ad_psgd/consensus.png",
+    "ad_psgd/report.md",
 ]
 
 
@@ -105,8 +110,8 @@ def test_notebook_runs_top_to_bottom_on_cpu(tmp_path, monkeypatch, kernel_of_thi
         if f.endswith(".png"):
             assert (out / f).stat().st_size > 5_000, f
 
-    # Every figure shown inline (5 PNGs) and the reports rendered as Markdown.
+    # Every figure shown inline (8 PNGs) and the reports rendered as Markdown.
     images = [o for o in outputs if o.output_type == "display_data" and "image/png" in o.data]
-    assert len(images) >= 5
+    assert len(images) >= 8
     markdown = [o for o in outputs if o.output_type == "display_data" and "text/markdown" in o.data]
-    assert len(markdown) >= 4  # three report.md files and the delay sweep's summary table
+    assert len(markdown) >= 5  # four report.md files and the delay sweep's summary table
