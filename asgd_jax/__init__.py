@@ -18,7 +18,7 @@ from asgd_jax.train import (
     normalize_hparams,
     run_configs,
 )
-from asgd_jax import data, decentralized, events, network, problems, rules, timing
+from asgd_jax import data, decentralized, downpour, events, model_parallel, network, problems, rules, sandblaster, timing
 from asgd_jax.decentralized import DecentralizedState, ad_psgd, dpsgd
 from asgd_jax.synchronous import SyncState, synchronous
 from asgd_jax.simulator import (
@@ -68,6 +68,9 @@ __all__ = [
     "rules",
     "network",
     "decentralized",
+    "downpour",
+    "sandblaster",
+    "model_parallel",
     "ad_psgd",
     "dpsgd",
     "DecentralizedState",
