@@ -18,7 +18,8 @@ from asgd_jax.train import (
     normalize_hparams,
     run_configs,
 )
-from asgd_jax import data, decentralized, downpour, events, model_parallel, network, problems, rules, sandblaster, timing
+from asgd_jax import data, decentralized, downpour, events, model_parallel, network, problems, rules, sandblaster
+from asgd_jax import timing
 from asgd_jax.decentralized import DecentralizedState, ad_psgd, dpsgd
 from asgd_jax.synchronous import SyncState, synchronous
 from asgd_jax.simulator import (
