@@ -115,7 +115,7 @@ def test_tiny_end_to_end(tmp_path):
     ok = (t("allreduce", "slow16") >= 2 * t("adpsgd", "slow16") and t("ssgd", "slow16") >= 2 * t("adpsgd", "slow16")
           and t("ssgd", "congested") >= 2 * t("adpsgd", "congested"))
     assert verdicts[1].startswith("2. **agrees**" if ok else "2. **does not agree**")
-    ps = t("ssgd", "congested") >= 2 * t("ssgd", "homogeneous") and t("asgd", "congested") >= 2 * t("asgd", "homogeneous")
+    ps = all(t(m, "congested") >= 2 * t(m, "homogeneous") for m in ("ssgd", "asgd"))
     assert verdicts[2].startswith("3. **agrees**" if ps else "3. **does not agree**")
 
 
