@@ -1,4 +1,5 @@
-"""Slot buffers: a pytree with a leading slot axis, written then read in one O(params) step."""
+"""Slot buffers (a pytree with a leading slot axis, written then read in one O(params) step), and finding a
+system's state inside an optimizer state."""
 
 from __future__ import annotations
 
@@ -16,3 +17,9 @@ def write_then_read(buffer, tree, write, read):
     buffer = jax.tree.map(
         lambda b, x: jax.lax.dynamic_update_index_in_dim(b, x.astype(b.dtype), write, 0), buffer, tree)
     return buffer, jax.tree.map(lambda b: jax.lax.dynamic_index_in_dim(b, read, keepdims=False), buffer)
+
+
+def find_state(tree, cls):
+    """The one ``cls`` instance inside ``tree`` (an optimizer state, also nested in a chain), else ``None``."""
+    found = [s for s in jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, cls)) if isinstance(s, cls)]
+    return found[0] if len(found) == 1 else None

@@ -41,7 +41,7 @@ import optax
 
 from asgd_jax import _checks, events
 from asgd_jax import network as network_lib
-from asgd_jax._buffers import write_then_read
+from asgd_jax._buffers import write_then_read, find_state
 
 __all__ = ["TOPOLOGIES", "PEERS", "DecentralizedState", "mixing_matrix", "peer_table", "ad_psgd", "dpsgd",
            "replicate", "average_model", "consensus_distance", "worker_params"]
@@ -407,17 +407,11 @@ def dpsgd(inner: optax.GradientTransformation, workers: int, *, mixing="ring", t
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _find(state):
-    found = [s for s in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, DecentralizedState))
-             if isinstance(s, DecentralizedState)]
-    return found[0] if len(found) == 1 else None
-
-
 def worker_params(state, params):
     """The model the next gradient must be computed at: row :func:`asgd_jax.next_worker` of ``params`` for a
     decentralized system (found inside ``state``, also in a chain), the replica's local copy for
     :func:`asgd_jax.downpour.downpour`, ``params`` itself otherwise."""
-    dec = _find(state)
+    dec = find_state(state, DecentralizedState)
     if dec is None:
         from asgd_jax.downpour import replica_params  # a Downpour replica's local copy; else params
         return replica_params(state, params)

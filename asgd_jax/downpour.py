@@ -40,6 +40,7 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
+from asgd_jax._buffers import find_state
 from asgd_jax import _checks, events
 from asgd_jax import network as network_lib
 
@@ -372,12 +373,6 @@ def downpour(inner: optax.GradientTransformation, replicas: int, *, shards=1, n_
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _find(state):
-    found = [s for s in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, DownpourState))
-             if isinstance(s, DownpourState)]
-    return found[0] if len(found) == 1 else None
-
-
 def replica_params(state, params):
     """The parameters the next gradient must be computed at: the local copy of replica
     :func:`asgd_jax.next_worker` for a :func:`downpour` state (found inside ``state``, also in a chain),
@@ -391,7 +386,7 @@ def replica_params(state, params):
         >>> replica_params(state, {"w": jnp.zeros(2)})["w"].tolist()     # the start's copy, not the server's
         [1.0, 1.0]
     """
-    dp = _find(state)
+    dp = find_state(state, DownpourState)
     if dp is None:
         return params
     _, unravel = ravel_pytree(params)
