@@ -41,6 +41,7 @@ __all__ = [
     "RULE_HPARAMS",
     "ASYNC_HPARAMS",
     "NETWORK_HPARAMS",
+    "DOWNPOUR_HPARAMS",
     "SERVER_RULES",
     "DECENTRALIZED",
     "DC_LAMBDA_DEFAULTS",
@@ -103,17 +104,22 @@ ASYNC_HPARAMS: dict[str, float] = {
     "straggler_slowdown": 1.0,
 }
 # Systems of ``system="async"`` (``TrainConfig.server_rule``): an asynchronous parameter server, SSGD
-# through a parameter server, AllReduce-SGD, and the decentralized AD-PSGD and D-PSGD (one model per worker).
-SERVER_RULES = ("async", "sync", "allreduce", "ad-psgd", "d-psgd")
+# through a parameter server, AllReduce-SGD, the decentralized AD-PSGD and D-PSGD (one model per worker),
+# and Downpour's replicas with local copies (one shard; ``n_fetch`` / ``n_push``: local accumulation).
+SERVER_RULES = ("async", "sync", "allreduce", "ad-psgd", "d-psgd", "downpour")
 DECENTRALIZED = ("ad-psgd", "d-psgd")
 # Hyperparameters of ``TrainConfig(network=True)``: link latency and bandwidth of every worker and the
 # server's link bandwidth (bytes per time unit; 0 = unlimited), traced like the compute-time model's.
 NETWORK_HPARAMS: dict[str, float] = {"latency": 0.0, "bandwidth": 0.0, "server_bandwidth": 0.0}
+# Hyperparameters of ``server_rule="downpour"`` (:func:`asgd_jax.downpour.downpour`, traced): a replica
+# fetches every ``n_fetch`` and pushes its summed gradients every ``n_push`` of its steps, and steps its
+# local copy by ``local_learning_rate`` in between (0: every gradient at the fetched parameters).
+DOWNPOUR_HPARAMS: dict[str, float] = {"n_fetch": 1, "n_push": 1, "local_learning_rate": 0.0}
 # DC-ASGD's lambda (``"dc-c"``) or lambda_0 (``"dc-a"``) when a config does not give ``dc_lambda``.
 DC_LAMBDA_DEFAULTS: dict[str, float] = {"dc-c": 0.04, "dc-a": 2.0}
 # Hyperparameters that are integers (the others are float32).
 INT_HPARAMS = frozenset({"delay", "warmup_steps", "workers", "initial_workers", "add_workers", "add_every",
-                         "max_staleness", "accumulate", "backup_workers"})
+                         "max_staleness", "accumulate", "backup_workers", "n_fetch", "n_push"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,7 +149,12 @@ class TrainConfig:
             (:mod:`asgd_jax.decentralized`: one model per worker, so
             ``workers`` must equal ``max_workers``; ``test_accuracy`` is that of
             the average model, with ``worker0_accuracy`` and
-            ``consensus_distance`` beside it; no warm-up).
+            ``consensus_distance`` beside it; no warm-up), or ``"downpour"``
+            (:func:`asgd_jax.downpour.downpour` with one shard: every replica
+            keeps a local copy, fetches every ``n_fetch`` and pushes its summed
+            gradients every ``n_push`` of its steps, :data:`DOWNPOUR_HPARAMS`;
+            ``n_fetch = n_push = tau`` with no local step is local accumulation
+            as in Aji & Heafield's code; ``workers`` must equal ``max_workers``).
         topology: the peers of ``"ad-psgd"`` (:data:`asgd_jax.decentralized.PEERS`,
             default ``"exponential"``) or the mixing matrix of ``"d-psgd"``
             (:data:`asgd_jax.decentralized.TOPOLOGIES`, default ``"ring"``).
@@ -269,8 +280,8 @@ class TrainConfig:
                 dec.peer_table("exponential", self.max_workers)
         elif self.topology is not None:
             raise ValueError("topology applies to server_rule='ad-psgd' or 'd-psgd' only; drop it.")
-        if rule == "allreduce" and (self.rules or self.server is not None):
-            raise ValueError("server_rule='allreduce' takes no server rules or server; drop them.")
+        if rule in ("allreduce", "downpour") and (self.rules or self.server is not None or self.assignment != "pure"):
+            raise ValueError(f"server_rule={rule!r} takes no server rules, server or assignment; drop them.")
 
     def _validate_rules(self) -> None:
         rules = tuple(self.rules)
@@ -324,6 +335,8 @@ def _defaults(optimizer: str, config: TrainConfig | None) -> dict[str, Any]:
         out["dc_lambda"] = DC_LAMBDA_DEFAULTS[config.compensation]
     if config.network:
         out.update(NETWORK_HPARAMS)
+    if config.server_rule == "downpour":
+        out.update(DOWNPOUR_HPARAMS)
     for rule in config.rules:
         if rule in RULE_HPARAMS:  # required (None), except the backup workers
             out[RULE_HPARAMS[rule]] = 0 if rule == "backup" else None
@@ -463,6 +476,13 @@ def _normalize_async(out: dict[str, Any], config: TrainConfig) -> dict[str, Any]
     if config.network:
         for k in NETWORK_HPARAMS:
             number(k, lambda v: v >= 0, "a number >= 0" + (" (0: unlimited)" if "bandwidth" in k else ""))
+    if config.server_rule == "downpour":
+        integer("n_fetch", 1)
+        integer("n_push", 1)
+        number("local_learning_rate", lambda v: v >= 0, "a number >= 0 (0: no local steps)")
+        if out["workers"] != config.max_workers or out["initial_workers"]:
+            raise ValueError(f"server_rule='downpour' runs all max_workers={config.max_workers} replicas from the "
+                             f"start: workers={out['workers']} must equal it; drop initial_workers.")
     if config.server_rule in DECENTRALIZED:
         if out["workers"] != config.max_workers:
             raise ValueError(f"server_rule={config.server_rule!r} keeps one model per worker: workers="
@@ -551,7 +571,8 @@ def make_optimizer(
         >>> int(state.events.workers), round(float(state.server_state[0].dc_lambda), 6)
         (3, 0.04)
     """
-    skip = {*GENERIC_HPARAMS, *ASYNC_HPARAMS, *NETWORK_HPARAMS, "dc_lambda", *RULE_HPARAMS.values()}
+    skip = {*GENERIC_HPARAMS, *ASYNC_HPARAMS, *NETWORK_HPARAMS, *DOWNPOUR_HPARAMS, "dc_lambda",
+            *RULE_HPARAMS.values()}
     if config is not None:
         skip |= {k for k, _ in config.server_hparams}
     opt_kwargs = {k: v for k, v in hparams.items() if k not in skip}
@@ -572,6 +593,12 @@ def make_optimizer(
     if config.server_rule == "d-psgd":
         return dec.dpsgd(inner, config.max_workers, mixing=config.topology or "ring", timing=timing, network=net,
                          key=key)
+    if config.server_rule == "downpour":
+        from asgd_jax.downpour import downpour
+
+        return downpour(inner, config.max_workers, n_fetch=i32("n_fetch", 1), n_push=i32("n_push", 1),
+                        local_learning_rate=jnp.asarray(hparams["local_learning_rate"], jnp.float32),
+                        timing=timing, network=net, key=key)
     rules = config.rules
     scaling = "adaptive" if "adaptive" in rules else "inverse" if "inverse" in rules else None
     stepper = "drop" in rules or "accumulate" in rules
@@ -720,7 +747,9 @@ class Trainer:
         ``dc_lambda >= 0``, ``clip_norm > 0``, ``max_staleness >= 0``,
         ``accumulate >= 1``, ``0 <= backup_workers < workers``; ``warmup_steps >= 0``;
         ``latency``, ``bandwidth``, ``server_bandwidth >= 0``; decentralized:
-        ``workers == max_workers``, no warm-up, no gradual introduction.
+        ``workers == max_workers``, no warm-up, no gradual introduction; Downpour:
+        ``n_fetch, n_push >= 1``, ``local_learning_rate >= 0``, ``workers == max_workers``, no gradual
+        introduction.
         """
         c = self.config
         ok = [jnp.isfinite(jnp.asarray(v, jnp.float32)) for v in hp.values()]
@@ -734,12 +763,15 @@ class Trainer:
         ranges = {"workers": (1, c.max_workers), "initial_workers": (0, c.max_workers), "add_workers": (0, np.inf),
                   "add_every": (1, np.inf), "time_spread": (0, np.inf), "straggler_fraction": (0, 1),
                   "dc_lambda": (0, np.inf), "max_staleness": (0, np.inf), "accumulate": (1, np.inf),
-                  "warmup_steps": (0, np.inf)}
+                  "warmup_steps": (0, np.inf), "n_fetch": (1, np.inf), "n_push": (1, np.inf),
+                  "local_learning_rate": (0, np.inf)}
         ok += [between(k, lo, hi) for k, (lo, hi) in ranges.items() if k in hp]
         ok += [get(k) > 0 for k in ("time_mean", "straggler_slowdown", "clip_norm") if k in hp]
         ok += [get(k) >= 0 for k in NETWORK_HPARAMS if k in hp]
         if self.decentralized:
             ok += [get("workers") == c.max_workers, get("warmup_steps") == 0, get("initial_workers") == 0]
+        if c.server_rule == "downpour":
+            ok += [get("workers") == c.max_workers, get("initial_workers") == 0]
         if "backup_workers" in hp:
             ok.append((get("backup_workers") >= 0) & (get("backup_workers") < get("workers")))
         return ~jnp.all(jnp.stack([jnp.asarray(o, bool) for o in ok]))

@@ -146,3 +146,75 @@ def test_new_fields_are_absent_from_configs_that_do_not_use_them():
     d = sweep.normalize_config({"model": "mlp", "batch_size": 8, "epochs": 1, "learning_rate": 0.1,
                                 "system": "async", "workers": 4, "server_rule": "ad-psgd", "network": True})
     assert d["network"] is True and d["latency"] == 0.0 and sweep.config_id(c) != sweep.config_id(d)
+
+
+def _reference_local_accumulation(x0, order, x, y, *, steps, lr, times, tau):
+    """Downpour with one shard, n_fetch = n_push = tau, no local step, SGD server, no network (NumPy, float64).
+
+    Call t: the free replica computes the gradient of batch t at its local copy (a job of its fixed time);
+    once all replicas are busy the earliest job ends (ties: dispatch order): the replica adds the gradient
+    to its sum; every tau-th of its steps it pushes the sum (the server steps by -lr * sum) and fetches.
+    Returns the server's model after each call.
+    """
+    n = len(times)
+    server = [a.copy() for a in x0]
+    local = [[a.copy() for a in x0] for _ in range(n)]
+    acc = [[np.zeros_like(a) for a in x0] for _ in range(n)]
+    done, now, busy, pool, seq, nxt, history = [0] * n, 0.0, [0.0] * n, [], 0, 0, []
+    for t in range(steps):
+        idx = order[t * BATCH:(t + 1) * BATCH]
+        g = _np_grad(local[nxt], x[idx], y[idx])
+        finish = max(now, busy[nxt]) + times[nxt]
+        busy[nxt] = finish
+        pool.append(dict(finish=finish, seq=seq, worker=nxt, grad=g))
+        seq += 1
+        if len(pool) >= n:
+            job = min(pool, key=lambda j: (j["finish"], j["seq"]))
+            pool.remove(job)
+            now, r = job["finish"], job["worker"]
+            acc[r] = [a + gi for a, gi in zip(acc[r], job["grad"])]
+            done[r] += 1
+            if done[r] % tau == 0:
+                server = [s - lr * a for s, a in zip(server, acc[r])]
+                acc[r] = [np.zeros_like(a) for a in acc[r]]
+                local[r] = [s.copy() for s in server]
+        history.append([s.copy() for s in server])
+        in_flight = {jb["worker"] for jb in pool}
+        nxt = next(w for w in range(n) if w not in in_flight)
+    return history
+
+
+@pytest.mark.parametrize("tau", [1, 3])
+def test_trainer_downpour_local_accumulation_matches_numpy_reference(tau):
+    n, steps, lr = 3, NUM_TRAIN // BATCH, 0.3  # one epoch: 12 calls
+    trainer = _trainer(n, server_rule="downpour")
+    hp = {"learning_rate": lr, "workers": n, "straggler_fraction": 1 / 3, "straggler_slowdown": 2.5,
+          "momentum": 0.0, "n_fetch": tau, "n_push": tau}
+    init, step = jax.jit(trainer.init), jax.jit(trainer.step)
+    state = init(trainer.data, jax.random.key(0), hp)
+    ds = _dataset()
+    x = np.asarray(ds.x_train, np.float64).reshape(NUM_TRAIN, -1)
+    ref = _reference_local_accumulation(_flat(state.params), np.asarray(state.order), x, np.asarray(ds.y_train),
+                                        steps=steps, lr=lr, times=[1.0, 1.0, 2.5], tau=tau)
+    moved = 0
+    for t in range(steps):
+        state = step(trainer.data, state)
+        for k, (a, r) in enumerate(zip(_flat(state.params), ref[t])):
+            np.testing.assert_allclose(a, r, rtol=1e-4, atol=1e-5, err_msg=f"call {t}, array {k}")
+        moved += max(np.abs(a - b).max() for a, b in zip(ref[t], ref[t - 1])) > 0 if t else 0
+    assert 0 < moved < steps - 1  # the server moved, and not at every call
+
+
+@pytest.mark.parametrize("hp, match", [
+    ({"workers": 4, "n_push": 0}, "n_push must be an integer >= 1"),
+    ({"workers": 4, "local_learning_rate": -0.1}, "local_learning_rate must be"),
+    ({"workers": 3}, "workers=3 must equal it"),
+])
+def test_bad_downpour_configs_are_one_line(hp, match):
+    config = {"model": "mlp", "batch_size": 8, "epochs": 1, "learning_rate": 0.1, "system": "async",
+              "max_workers": 4, "server_rule": "downpour", **hp}
+    with pytest.raises(ValueError, match=match) as e:
+        sweep.normalize_config(config, NUM_TRAIN)
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="takes no server rules"):
+        TrainConfig(system="async", max_workers=4, server_rule="downpour", rules=("clip",)).validate()
