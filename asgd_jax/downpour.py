@@ -83,6 +83,8 @@ class DownpourState(NamedTuple):
         push_done: float32 ``[R]``, when each replica's last push has reached every shard.
         shard_version: int32 ``[S]``, pushes each shard applied.
         shard_staleness: int32 ``[S]``, staleness of each shard's last applied push (-1 before any).
+        staleness_sum: int32 ``[S]``, the sum of the staleness of every push each shard applied
+            (``staleness_sum / shard_version``: each shard's mean staleness).
         shard_state: a tuple of ``S`` states of ``inner``, one per shard.
         pushes, fetches: int32 counts (the start does not count as a fetch).
         n_fetch, n_push: int32; local_learning_rate: float32 :math:`\\alpha`.
@@ -106,6 +108,7 @@ class DownpourState(NamedTuple):
     push_done: jax.Array
     shard_version: jax.Array
     shard_staleness: jax.Array
+    staleness_sum: jax.Array
     shard_state: Any
     pushes: jax.Array
     fetches: jax.Array
@@ -209,7 +212,7 @@ def _apply_due(inner, bounds, state: DownpourState, server, delta, now):
     """Every shard applies, in its arrival order, the pushes that reached it by ``now``."""
 
     def body(carry):
-        delta, arrive, shard_state, version, staleness = carry
+        delta, arrive, shard_state, version, staleness, total = carry
         some, slot = _earliest_due(arrive, state.pending_seq, now)
         new_states = []
         for s, (a, b) in enumerate(bounds):  # S static slices: O(D) per round
@@ -221,13 +224,14 @@ def _apply_due(inner, bounds, state: DownpourState, server, delta, now):
         tau = version - state.pending_base[slot, ids]
         arrive = arrive.at[slot, ids].set(jnp.where(some, jnp.inf, arrive[slot, ids]))
         return (delta, arrive, tuple(new_states), version + some.astype(jnp.int32),
-                jnp.where(some, tau, staleness))
+                jnp.where(some, tau, staleness), total + jnp.where(some, tau, 0))
 
     cond = lambda carry: jnp.any((carry[1] <= now) & jnp.isfinite(carry[1]))
-    init = (delta, state.arrive, state.shard_state, state.shard_version, state.shard_staleness)
-    delta, arrive, shard_state, version, staleness = jax.lax.while_loop(cond, body, init)
+    init = (delta, state.arrive, state.shard_state, state.shard_version, state.shard_staleness,
+            state.staleness_sum)
+    delta, arrive, shard_state, version, staleness, total = jax.lax.while_loop(cond, body, init)
     return delta, state._replace(arrive=arrive, shard_state=shard_state, shard_version=version,
-                                 shard_staleness=staleness)
+                                 shard_staleness=staleness, staleness_sum=total)
 
 
 def _set_row(x, i, row):
@@ -347,7 +351,7 @@ def downpour(inner: optax.GradientTransformation, replicas: int, *, shards=1, n_
             arrive=jnp.full([replicas, s], jnp.inf, jnp.float32), pending_seq=jnp.zeros([replicas], jnp.int32),
             pending_base=jnp.zeros([replicas, s], jnp.int32), fetched=jnp.zeros([replicas, s], jnp.int32),
             push_done=jnp.zeros([replicas], jnp.float32), shard_version=jnp.zeros([s], jnp.int32),
-            shard_staleness=jnp.full([s], -1, jnp.int32),
+            shard_staleness=jnp.full([s], -1, jnp.int32), staleness_sum=jnp.zeros([s], jnp.int32),
             shard_state=tuple(inner.init(flat[a:b]) for a, b in bounds), pushes=i32(0), fetches=i32(0),
             n_fetch=i32(n_fetch), n_push=i32(n_push),
             local_learning_rate=jnp.asarray(local_learning_rate, jnp.float32), links=links,

@@ -73,7 +73,8 @@ STATIC_FIELDS = ("model", "optimizer", "batch_size", "epochs")
 ASYNC_STATIC_FIELDS = ("system", "max_workers", "server_rule", "compensation", "assignment", "timing")
 # Static fields of asynchronous configs present only when they differ from their defaults (so configs
 # that do not use them keep their config_id): server rules by name, per-worker data, per-worker times.
-OPTIONAL_STATIC_FIELDS = ("rules", "data_split", "split_alpha", "worker_times", "topology", "network")
+OPTIONAL_STATIC_FIELDS = ("rules", "data_split", "split_alpha", "worker_times", "topology", "network", "shards",
+                          "failures")
 # Fields that describe a config without entering training (they enter config_id and grouping).
 DESCRIPTIVE_FIELDS = ("data",)
 _CONFIG_DEFAULTS = {"model": "lenet5", "optimizer": "sgd", "seed": 0, "delay": 0}
@@ -441,6 +442,8 @@ def run_chunk(
             r["invalid"] = True
         if "worker_gradients" in metrics:
             r["worker_gradients"] = [int(v) for v in metrics["worker_gradients"][i, -1]]
+        if "shard_staleness" in metrics:  # Downpour: each shard's mean staleness over the run
+            r["shard_staleness"] = [_finite_or_none(v) for v in metrics["shard_staleness"][i, -1]]
         if "bytes_sent" in metrics:  # a network or a decentralized system
             r["bytes_sent_per_epoch"] = [_finite_or_none(v) for v in metrics["bytes_sent"][i]]
         for m in ("worker0_accuracy", "consensus_distance"):  # decentralized: per epoch, like test_accuracy

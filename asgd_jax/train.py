@@ -42,6 +42,7 @@ __all__ = [
     "ASYNC_HPARAMS",
     "NETWORK_HPARAMS",
     "DOWNPOUR_HPARAMS",
+    "FAILURE_HPARAMS",
     "SERVER_RULES",
     "DECENTRALIZED",
     "DC_LAMBDA_DEFAULTS",
@@ -113,13 +114,18 @@ DECENTRALIZED = ("ad-psgd", "d-psgd")
 NETWORK_HPARAMS: dict[str, float] = {"latency": 0.0, "bandwidth": 0.0, "server_bandwidth": 0.0}
 # Hyperparameters of ``server_rule="downpour"`` (:func:`asgd_jax.downpour.downpour`, traced): a replica
 # fetches every ``n_fetch`` and pushes its summed gradients every ``n_push`` of its steps, and steps its
-# local copy by ``local_learning_rate`` in between (0: every gradient at the fetched parameters).
-DOWNPOUR_HPARAMS: dict[str, float] = {"n_fetch": 1, "n_push": 1, "local_learning_rate": 0.0}
+# local copy by ``local_learning_rate`` in between (0: every gradient at the fetched parameters); with a
+# network, shard ``s`` of ``S`` has the latency ``shard_latency * (s + 1/2) / S`` (spread evenly over
+# ``[0, shard_latency]``, mean ``shard_latency / 2`` for every ``S``), so shards see pushes at other times.
+DOWNPOUR_HPARAMS: dict[str, float] = {"n_fetch": 1, "n_push": 1, "local_learning_rate": 0.0, "shard_latency": 0.0}
+# Hyperparameters of ``TrainConfig(failures=True)`` (:func:`asgd_jax.timing.failing`, traced): worker
+# ``fail_worker`` is down during ``[fail_at, return_at)`` of simulated time (``inf``: it never returns).
+FAILURE_HPARAMS: dict[str, float] = {"fail_worker": 0, "fail_at": 0.0, "return_at": float("inf")}
 # DC-ASGD's lambda (``"dc-c"``) or lambda_0 (``"dc-a"``) when a config does not give ``dc_lambda``.
 DC_LAMBDA_DEFAULTS: dict[str, float] = {"dc-c": 0.04, "dc-a": 2.0}
 # Hyperparameters that are integers (the others are float32).
 INT_HPARAMS = frozenset({"delay", "warmup_steps", "workers", "initial_workers", "add_workers", "add_every",
-                         "max_staleness", "accumulate", "backup_workers", "n_fetch", "n_push"})
+                         "max_staleness", "accumulate", "backup_workers", "n_fetch", "n_push", "fail_worker"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,7 +160,15 @@ class TrainConfig:
             keeps a local copy, fetches every ``n_fetch`` and pushes its summed
             gradients every ``n_push`` of its steps, :data:`DOWNPOUR_HPARAMS`;
             ``n_fetch = n_push = tau`` with no local step is local accumulation
-            as in Aji & Heafield's code; ``workers`` must equal ``max_workers``).
+            as in Aji & Heafield's code; ``workers`` must equal ``max_workers``;
+            ``shards`` server shards; records add ``shard_staleness``, each
+            shard's mean staleness over the pushes it applied).
+        shards: the number of server shards of ``server_rule="downpour"``
+            (contiguous slices of the flattened parameters, default 1).
+        failures: a worker fails (:func:`asgd_jax.timing.failing` around the
+            compute-time model) with the traced :data:`FAILURE_HPARAMS`:
+            asynchronous systems train on, synchronous rounds stall until it
+            returns.
         topology: the peers of ``"ad-psgd"`` (:data:`asgd_jax.decentralized.PEERS`,
             default ``"exponential"``) or the mixing matrix of ``"d-psgd"``
             (:data:`asgd_jax.decentralized.TOPOLOGIES`, default ``"ring"``).
@@ -213,6 +227,8 @@ class TrainConfig:
     worker_times: tuple[float, ...] = ()
     topology: str | None = None
     network: bool = False
+    shards: int = 1
+    failures: bool = False
 
     def validate(self, num_train: int | None = None) -> None:
         """Raises a one-line ``ValueError`` for a config that cannot run."""
@@ -244,7 +260,8 @@ class TrainConfig:
             raise ValueError(f"unknown system {self.system!r}; choose one of {SYSTEMS}.")
         defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
         async_fields = ("max_workers", "server_rule", "compensation", "assignment", "timing", "rules", "server",
-                        "server_hparams", "data_split", "worker_times", "topology", "network")
+                        "server_hparams", "data_split", "worker_times", "topology", "network", "shards",
+                        "failures")
         if self.system == "delay":
             changed = [f for f in async_fields if getattr(self, f) != defaults[f]]
             if changed:
@@ -266,6 +283,10 @@ class TrainConfig:
         if self.server_rule != "async" and self.compensation is not None:
             raise ValueError("compensation (DC-ASGD) needs server_rule='async' (the other systems have no stale "
                              "gradients to compensate at a server).")
+        if isinstance(self.shards, bool) or not isinstance(self.shards, (int, np.integer)) or self.shards < 1:
+            raise ValueError(f"shards must be a positive integer, got {self.shards!r}.")
+        if self.shards != 1 and self.server_rule != "downpour":
+            raise ValueError("shards applies to server_rule='downpour' only; drop it.")
         self._validate_topology()
         self._validate_rules()
 
@@ -337,6 +358,8 @@ def _defaults(optimizer: str, config: TrainConfig | None) -> dict[str, Any]:
         out.update(NETWORK_HPARAMS)
     if config.server_rule == "downpour":
         out.update(DOWNPOUR_HPARAMS)
+    if config.failures:
+        out.update(FAILURE_HPARAMS)
     for rule in config.rules:
         if rule in RULE_HPARAMS:  # required (None), except the backup workers
             out[RULE_HPARAMS[rule]] = 0 if rule == "backup" else None
@@ -476,13 +499,7 @@ def _normalize_async(out: dict[str, Any], config: TrainConfig) -> dict[str, Any]
     if config.network:
         for k in NETWORK_HPARAMS:
             number(k, lambda v: v >= 0, "a number >= 0" + (" (0: unlimited)" if "bandwidth" in k else ""))
-    if config.server_rule == "downpour":
-        integer("n_fetch", 1)
-        integer("n_push", 1)
-        number("local_learning_rate", lambda v: v >= 0, "a number >= 0 (0: no local steps)")
-        if out["workers"] != config.max_workers or out["initial_workers"]:
-            raise ValueError(f"server_rule='downpour' runs all max_workers={config.max_workers} replicas from the "
-                             f"start: workers={out['workers']} must equal it; drop initial_workers.")
+    _normalize_downpour_failures(out, config, integer, number)
     if config.server_rule in DECENTRALIZED:
         if out["workers"] != config.max_workers:
             raise ValueError(f"server_rule={config.server_rule!r} keeps one model per worker: workers="
@@ -499,6 +516,27 @@ def _normalize_async(out: dict[str, Any], config: TrainConfig) -> dict[str, Any]
         out[k] = float(out[k])
     out["learning_rate"] = float(out["learning_rate"])
     return out
+
+
+def _normalize_downpour_failures(out, config: TrainConfig, integer, number) -> None:
+    if config.server_rule == "downpour":
+        integer("n_fetch", 1)
+        integer("n_push", 1)
+        number("local_learning_rate", lambda v: v >= 0, "a number >= 0 (0: no local steps)")
+        number("shard_latency", lambda v: v >= 0, "a number >= 0")
+        if out["shard_latency"] and not config.network:
+            raise ValueError("shard_latency needs network=True (messages take no time without a network).")
+        if out["workers"] != config.max_workers or out["initial_workers"]:
+            raise ValueError(f"server_rule='downpour' runs all max_workers={config.max_workers} replicas from the "
+                             f"start: workers={out['workers']} must equal it; drop initial_workers.")
+    if config.failures:
+        integer("fail_worker", 0, config.max_workers - 1, what=" (a worker id)")
+        number("fail_at", lambda v: v >= 0, "a number >= 0 (simulated time)")
+        v = out["return_at"]
+        if isinstance(v, bool) or np.isnan(float(v)) or not float(v) >= out["fail_at"]:
+            raise ValueError(f"return_at must be a number >= fail_at={out['fail_at']:g} (inf: never returns), "
+                             f"got {v!r}.")
+        out["return_at"] = float(v)
 
 
 def make_timing(name: str, hparams: Mapping[str, Any], worker_times=()) -> timing_lib.TimingModel:
@@ -571,7 +609,7 @@ def make_optimizer(
         >>> int(state.events.workers), round(float(state.server_state[0].dc_lambda), 6)
         (3, 0.04)
     """
-    skip = {*GENERIC_HPARAMS, *ASYNC_HPARAMS, *NETWORK_HPARAMS, *DOWNPOUR_HPARAMS, "dc_lambda",
+    skip = {*GENERIC_HPARAMS, *ASYNC_HPARAMS, *NETWORK_HPARAMS, *DOWNPOUR_HPARAMS, *FAILURE_HPARAMS, "dc_lambda",
             *RULE_HPARAMS.values()}
     if config is not None:
         skip |= {k for k, _ in config.server_hparams}
@@ -587,6 +625,8 @@ def make_optimizer(
     i32 = lambda name, default: jnp.asarray(hparams.get(name, default), jnp.int32)
     net = make_network(hparams) if config.network else None
     timing = make_timing(config.timing, hparams, config.worker_times)
+    if config.failures:
+        timing = timing_lib.failing(timing, i32("fail_worker", 0), hparams["fail_at"], hparams["return_at"])
     if config.server_rule == "ad-psgd":
         return dec.ad_psgd(inner, config.max_workers, peers=config.topology or "exponential", timing=timing,
                            network=net, key=key)
@@ -596,9 +636,12 @@ def make_optimizer(
     if config.server_rule == "downpour":
         from asgd_jax.downpour import downpour
 
-        return downpour(inner, config.max_workers, n_fetch=i32("n_fetch", 1), n_push=i32("n_push", 1),
+        spread = (jnp.arange(config.shards, dtype=jnp.float32) + 0.5) / config.shards
+        return downpour(inner, config.max_workers, shards=config.shards, n_fetch=i32("n_fetch", 1),
+                        n_push=i32("n_push", 1),
                         local_learning_rate=jnp.asarray(hparams["local_learning_rate"], jnp.float32),
-                        timing=timing, network=net, key=key)
+                        timing=timing, network=net, key=key,
+                        shard_latency=None if net is None else hparams["shard_latency"] * spread)
     rules = config.rules
     scaling = "adaptive" if "adaptive" in rules else "inverse" if "inverse" in rules else None
     stepper = "drop" in rules or "accumulate" in rules
@@ -748,11 +791,13 @@ class Trainer:
         ``accumulate >= 1``, ``0 <= backup_workers < workers``; ``warmup_steps >= 0``;
         ``latency``, ``bandwidth``, ``server_bandwidth >= 0``; decentralized:
         ``workers == max_workers``, no warm-up, no gradual introduction; Downpour:
-        ``n_fetch, n_push >= 1``, ``local_learning_rate >= 0``, ``workers == max_workers``, no gradual
-        introduction.
+        ``n_fetch, n_push >= 1``, ``local_learning_rate >= 0``, ``shard_latency >= 0``,
+        ``workers == max_workers``, no gradual introduction; failures: ``0 <= fail_worker < max_workers``,
+        ``0 <= fail_at <= return_at`` (``return_at`` may be ``inf``).
         """
         c = self.config
-        ok = [jnp.isfinite(jnp.asarray(v, jnp.float32)) for v in hp.values()]
+        ok = [jnp.isfinite(jnp.asarray(v, jnp.float32)) if k != "return_at" else ~jnp.isnan(jnp.asarray(v))
+              for k, v in hp.items()]  # return_at = inf: the worker never returns
         get = lambda k: jnp.asarray(hp[k])
         between = lambda k, lo, hi: (get(k) >= lo) & (get(k) <= hi)
         ok.append(get("learning_rate") > 0)
@@ -764,7 +809,8 @@ class Trainer:
                   "add_every": (1, np.inf), "time_spread": (0, np.inf), "straggler_fraction": (0, 1),
                   "dc_lambda": (0, np.inf), "max_staleness": (0, np.inf), "accumulate": (1, np.inf),
                   "warmup_steps": (0, np.inf), "n_fetch": (1, np.inf), "n_push": (1, np.inf),
-                  "local_learning_rate": (0, np.inf)}
+                  "local_learning_rate": (0, np.inf), "shard_latency": (0, np.inf), "fail_at": (0, np.inf),
+                  "fail_worker": (0, c.max_workers - 1)}
         ok += [between(k, lo, hi) for k, (lo, hi) in ranges.items() if k in hp]
         ok += [get(k) > 0 for k in ("time_mean", "straggler_slowdown", "clip_norm") if k in hp]
         ok += [get(k) >= 0 for k in NETWORK_HPARAMS if k in hp]
@@ -772,6 +818,8 @@ class Trainer:
             ok += [get("workers") == c.max_workers, get("warmup_steps") == 0, get("initial_workers") == 0]
         if c.server_rule == "downpour":
             ok += [get("workers") == c.max_workers, get("initial_workers") == 0]
+        if c.failures:
+            ok.append(get("return_at") >= get("fail_at"))
         if "backup_workers" in hp:
             ok.append((get("backup_workers") >= 0) & (get("backup_workers") < get("workers")))
         return ~jnp.all(jnp.stack([jnp.asarray(o, bool) for o in ok]))
@@ -896,6 +944,9 @@ class Trainer:
             sim = _event_state(state.opt_state)
             metrics["sim_time"] = sim.time
             metrics["server_steps"] = sim.version
+            if self.config.server_rule == "downpour":  # each shard's mean staleness so far
+                dp = jax.tree.leaves(state.opt_state, is_leaf=lambda x: hasattr(x, "staleness_sum"))[0]
+                metrics["shard_staleness"] = dp.staleness_sum / jnp.maximum(dp.shard_version, 1)
             if self.config.network or self.decentralized:
                 metrics["bytes_sent"] = jax.tree.leaves(
                     state.opt_state, is_leaf=lambda x: hasattr(x, "bytes_sent") and hasattr(x, "events"))[0].bytes_sent

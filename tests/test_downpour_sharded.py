@@ -133,7 +133,7 @@ def reference(R, finish, grad, x0, sizes, opt, steps, *, n_fetch=1, n_push=1, al
     local = [x.copy() for _ in range(R)]
     acc = [np.zeros_like(x) for _ in range(R)]
     nsteps, fetched, push_done = [0] * R, np.zeros((R, S), int), [0.0] * R
-    version, stale = np.zeros(S, int), np.full(S, -1)
+    version, stale, total = np.zeros(S, int), np.full(S, -1), np.zeros(S, int)
     heap, counters = [], {"d": 0, "m": 0, "push": 0, "fetch": 0}
     order = [[] for _ in range(S)]
 
@@ -153,6 +153,7 @@ def reference(R, finish, grad, x0, sizes, opt, steps, *, n_fetch=1, n_push=1, al
             _, r, s, g, base = what
             a, b = cuts[s], cuts[s + 1]
             stale[s] = version[s] - base[s]
+            total[s] += stale[s]
             x[a:b] = opts[s].step(x[a:b], g[a:b])
             version[s] += 1
             order[s].append(r)
@@ -189,7 +190,7 @@ def reference(R, finish, grad, x0, sizes, opt, steps, *, n_fetch=1, n_push=1, al
         while heap[0][1] == 0 and heap[0][0] <= t:    # this step's instant messages (push, then fetch)
             tt, _, _, w = heapq.heappop(heap)
             deliver(tt, w)
-        snaps.append(dict(x=x.copy(), version=version.copy(), stale=stale.copy(), time=t,
+        snaps.append(dict(x=x.copy(), version=version.copy(), stale=stale.copy(), total=total.copy(), time=t,
                           pushes=counters["push"], fetches=counters["fetch"], steps=list(nsteps)))
     return snaps, order
 
@@ -223,6 +224,7 @@ def run_lib(tx, calls, d=D):
     for _ in range(calls):
         x, s = step(x, s)
         out.append(dict(x=np.asarray(x), version=np.asarray(s.shard_version), stale=np.asarray(s.shard_staleness),
+                        total=np.asarray(s.staleness_sum),
                         time=float(s.time), pushes=int(s.pushes), fetches=int(s.fetches), steps=s.steps.tolist()))
     return out, s
 
@@ -252,6 +254,7 @@ def compare(lib, snaps, R):
         np.testing.assert_allclose(got["x"], want["x"], rtol=2e-5, atol=2e-6, err_msg=f"call {c + R}")
         assert got["version"].tolist() == want["version"].tolist(), c
         assert got["stale"].tolist() == want["stale"].tolist(), c
+        assert got["total"].tolist() == want["total"].tolist(), c
         assert got["time"] == pytest.approx(want["time"], rel=1e-6), c
         assert (got["pushes"], got["fetches"], got["steps"]) == (want["pushes"], want["fetches"], want["steps"]), c
 

@@ -218,3 +218,58 @@ def test_bad_downpour_configs_are_one_line(hp, match):
     assert "\n" not in str(e.value)
     with pytest.raises(ValueError, match="takes no server rules"):
         TrainConfig(system="async", max_workers=4, server_rule="downpour", rules=("clip",)).validate()
+
+
+def test_trainer_downpour_shard_staleness_matches_event_reference():
+    """shards=4, shard latencies spread over [0, 2] (0.25, 0.75, 1.25, 1.75), replica latency 0.25, no bandwidth limit,
+    fixed times 1, 1, 2.5: each shard's mean staleness after each epoch against the NumPy event re-simulation of
+    test_downpour_sharded (staleness depends only on the times, so the reference steps a zero gradient)."""
+    from test_downpour_sharded import Sgd, fixed_finish, reference
+
+    n, shards, epochs = 3, 4, 2
+    got = _metrics({"system": "async", "max_workers": n, "server_rule": "downpour", "shards": shards,
+                    "network": True},
+                   {"learning_rate": 0.1, "workers": n, "straggler_fraction": 1 / 3, "straggler_slowdown": 2.5,
+                    "latency": 0.25, "shard_latency": 2.0}, epochs=epochs)
+    calls = NUM_TRAIN // BATCH
+    delay = [[0.5 + 0.5 * s for s in range(shards)] for _ in range(n)]
+    snaps, _ = reference(n, fixed_finish([1.0, 1.0, 2.5]), lambda r, x: np.zeros_like(x), np.zeros(shards),
+                             [1] * shards, lambda size: Sgd(0.0, size), epochs * calls - (n - 1), delay=delay)
+    for e in range(epochs):
+        snap = snaps[(e + 1) * calls - n]
+        want = snap["total"] / np.maximum(snap["version"], 1)
+        np.testing.assert_allclose(got["shard_staleness"][e], want, rtol=1e-6, err_msg=f"epoch {e + 1}")
+        assert got["sim_time"][e] == snap["time"]
+    assert len(set(np.round(got["shard_staleness"][-1], 6))) > 1    # the shards saw different staleness
+
+
+def test_trainer_failure_ssgd_stalls_asgd_trains_on_by_hand():
+    """2 workers, fixed times 1; worker 1 is down in [2.5, 10). 12 gradients per epoch.
+    SSGD: rounds end at 1, 2, then the third waits for worker 1's lost job, redone from 10: 11, then 12, 13, 14
+    (epoch 1), 15, ..., 20 (epoch 2). ASGD: worker 1's job started at 2 is lost (arrives at 11); worker 0 goes
+    on alone, one arrival per time unit: call k >= 6 at time k - 3, so call 12 at 9; from 11 both arrive
+    twice per unit (calls 14, 15 at 11, ..., call 24 at 16)."""
+    base = {"system": "async", "max_workers": 2, "failures": True}
+    hp = {"learning_rate": 0.1, "workers": 2, "fail_worker": 1, "fail_at": 2.5, "return_at": 10.0}
+    ssgd = _metrics({**base, "server_rule": "sync"}, hp)
+    asgd = _metrics({**base, "server_rule": "async"}, hp)
+    np.testing.assert_allclose(ssgd["sim_time"], [14.0, 20.0])
+    np.testing.assert_allclose(asgd["sim_time"], [9.0, 16.0])
+    never = _metrics({**base, "server_rule": "async"}, {**hp, "return_at": float("inf")})
+    np.testing.assert_allclose(never["sim_time"], [9.0, 21.0])     # worker 0 alone from time 3 on
+    assert not never["invalid"].any() and np.isfinite(never["test_loss"]).all()
+
+
+@pytest.mark.parametrize("static, hp, match", [
+    ({"server_rule": "async", "shards": 2}, {}, "shards applies to server_rule='downpour'"),
+    ({"server_rule": "downpour"}, {"shard_latency": 1.0}, "shard_latency needs network=True"),
+    ({"server_rule": "sync", "failures": True}, {"fail_worker": 4}, "fail_worker must be an integer in"),
+    ({"server_rule": "sync", "failures": True}, {"fail_at": 5.0, "return_at": 2.0}, "return_at must be"),
+    ({"server_rule": "sync", "failures": True}, {"fail_at": -1.0}, "fail_at must be"),
+])
+def test_bad_shard_and_failure_configs_are_one_line(static, hp, match):
+    config = {"model": "mlp", "batch_size": 8, "epochs": 1, "learning_rate": 0.1, "system": "async",
+              "max_workers": 4, "workers": 4, **static, **hp}
+    with pytest.raises(ValueError, match=match) as e:
+        sweep.normalize_config(config, NUM_TRAIN)
+    assert "\n" not in str(e.value)
