@@ -39,6 +39,11 @@ EXPECTED_FILES = [
     "ad_psgd/time_per_epoch.png",
     "ad_psgd/consensus.png",
     "ad_psgd/report.md",
+    "dean2012/results.jsonl",
+    "dean2012/model_parallel.png",
+    "dean2012/accuracy_vs_time.png",
+    "dean2012/failure.png",
+    "dean2012/report.md",
 ]
 
 
