@@ -49,7 +49,7 @@ same command skips finished configs.
 
 Presets: ``tiny`` (a smoke test: an MLP on ``digits``, seconds), ``quick``
 (LeNet-5 on ``digits``, a few minutes on a 2-core CPU), ``medium`` (LeNet-5 on
-15 000 Fashion-MNIST images, about 15-20 minutes on a 2-core CPU) and
+15 000 Fashion-MNIST images, 49 configs; about 12 minutes measured on a busy 2-core CPU) and
 ``paper`` (LeNet-5 on all of ``tfds:mnist``, up to 32 replicas and 512
 Sandblaster replicas; a GPU run).
 """
@@ -98,9 +98,10 @@ PRESETS = {
                   lbfgs_batch=512, portions=64, sandblaster_replicas=[8, 32], iterations=30,
                   staleness_replicas=8, shard_latencies=[0.0, 2.0], failure_replicas=8, target=0.9),
     # LeNet-5 on 15 000 Fashion-MNIST training images (234 gradients per epoch), 8 epochs.
+    # Sandblaster: full-batch L-BFGS on the 15 000 images (batches of 3000 stalled near 0.67 test accuracy).
     "medium": dict(_COMMON, data=FASHION, model="lenet5", train_examples=15000, batch_size=64, epochs=8,
                    replicas=[2, 4, 8], sgd_learning_rates=[0.01, 0.03, 0.1], adagrad_learning_rates=[0.003, 0.01, 0.03],
-                   lbfgs_batch=3000, portions=128, sandblaster_replicas=[16, 64], iterations=40,
+                   lbfgs_batch=15000, portions=512, sandblaster_replicas=[16, 64, 256], iterations=60,
                    staleness_replicas=8, shard_latencies=[0.0, 4.0], failure_replicas=8, target=0.8),
     # A GPU run: LeNet-5 on all of MNIST, up to 32 replicas, Sandblaster with up to 512.
     "paper": dict(_COMMON, data="tfds:mnist", model="lenet5", train_examples=0, batch_size=64, epochs=10,
@@ -388,12 +389,14 @@ def training_verdicts(best: dict, target: float) -> list[dict]:
                              f"{small_r}: {curves.fmt_value(small)}", ok=ok))
         big_r, big = sb[-1]
         catches = big is not None and dp is not None and big <= 1.5 * dp
-        improves = big is not None and (small is None or big < small)
-        out.append(dict(claim="Sandblaster catches up only with many more machines",
+        reached = max((x for x in best[(big_r, "sandblaster")]["acc"] if x is not None), default=None)
+        out.append(dict(claim="Sandblaster catches up only with many more machines (its time to the target within "
+                              "1.5x of Downpour + Adagrad's)",
                         text=f"Sandblaster with {big_r} machines: {curves.fmt_value(big)} (with {small_r}: "
-                             f"{curves.fmt_value(small)}); within 1.5x of Downpour + Adagrad's {curves.fmt_value(dp)}"
-                             f": {'yes' if catches else 'no'}",
-                        ok=None if not improves else catches))
+                             f"{curves.fmt_value(small)}; best accuracy reached {async_results.fmt_acc(reached)}); "
+                             f"Downpour + Adagrad with {dp_r}: {curves.fmt_value(dp)}"
+                             + ("" if big is not None else "; more machines shorten Sandblaster's iterations, not "
+                                "the number it needs"), ok=None if dp is None else catches))
     return out
 
 

@@ -88,15 +88,20 @@ def _best(**to_target):
 def test_training_verdicts_by_hand():
     best = _best(single_1=100.0, downpour_sgd_4=60.0, downpour_adagrad_4=30.0, ssgd_4=40.0, sandblaster_16=50.0,
                  sandblaster_64=35.0)
+    best[(64, "sandblaster")]["acc"] = [0.9]
     v = {c["claim"][:30]: c["ok"] for c in dean2012.training_verdicts(best, 0.8)}
     assert list(v.values()) == [True, True, True, True]
     # Adagrad slower than SGD somewhere, Sandblaster with more machines faster than Downpour + Adagrad
     best = _best(single_1=100.0, downpour_sgd_4=20.0, downpour_adagrad_4=30.0, sandblaster_16=25.0,
                  sandblaster_64=10.0)
+    best[(64, "sandblaster")]["acc"] = [0.9]
     assert [c["ok"] for c in dean2012.training_verdicts(best, 0.8)] == [True, False, False, True]
     # Sandblaster never reaches the target with its most machines: it does not catch up
     best = _best(single_1=None, downpour_adagrad_4=30.0, sandblaster_16=None, sandblaster_64=None)
-    assert [c["ok"] for c in dean2012.training_verdicts(best, 0.8)] == [True, True, None]
+    best[(64, "sandblaster")]["acc"] = [0.5, None, 0.7]
+    verdicts = dean2012.training_verdicts(best, 0.8)
+    assert [c["ok"] for c in verdicts] == [True, True, False]
+    assert "best accuracy reached 0.7000" in verdicts[-1]["text"]
 
 
 def test_failure_and_speedup_verdicts_by_hand():
