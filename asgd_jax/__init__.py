@@ -35,6 +35,7 @@ from asgd_jax.simulator import (
     parameter_server,
     server_chain,
     next_worker,
+    optimal_workers,
     simulate_staleness,
 )
 
@@ -78,6 +79,7 @@ __all__ = [
     "next_worker",
     "active_workers",
     "simulate_staleness",
+    "optimal_workers",
     "SimState",
     "Jobs",
     "StalenessTrace",
