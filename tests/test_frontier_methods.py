@@ -245,6 +245,22 @@ def test_rescaled_removes_the_bias_towards_fast_workers():
 # --- MindFlayer SGD: budgets with Rennala's server --------------------------------------------------------
 
 
+def rennala_ref(batch):
+    acc = []
+
+    def server(g, worker, tau, n):
+        if tau > 0:
+            return None
+        acc.append(g)
+        if len(acc) < batch:
+            return None
+        step = sum(acc) / batch
+        acc.clear()
+        return step
+
+    return server
+
+
 class _TwoAttempts(timing.TimingModel):
     """Worker 0's attempts take 1; worker 1's take 3 then 1.5 (then 1.5 ...)."""
 
@@ -263,22 +279,7 @@ def test_mindflayer_budget_restarts_with_rennalas_server():
     model = timing.budgeted(_TwoAttempts(), 2.0)
     tx = asgd_jax.asynchronous(optax.sgd(LR), 2, timing=model, max_staleness=0, accumulate=2)
 
-    def rennala(batch):
-        acc = []
-
-        def server(g, worker, tau, n):
-            if tau > 0:
-                return None
-            acc.append(g)
-            if len(acc) < batch:
-                return None
-            step = sum(acc) / batch
-            acc.clear()
-            return step
-
-        return server
-
-    check(tx, [1.0, 3.5], 30, rennala(2))
+    check(tx, [1.0, 3.5], 30, rennala_ref(2))
 
 
 # --- errors ----------------------------------------------------------------------------------------------
@@ -303,3 +304,19 @@ def test_bad_values_are_one_line_errors(make, match):
     with pytest.raises(ValueError, match=match) as err:
         make()
     assert "\n" not in str(err.value)
+
+
+def test_malenia_and_budgets_vmap_over_their_numbers():
+    """One compiled program over Malenia's S and over MindFlayer's budget, each config equal to its own run."""
+    times = [1.0, 1.5, 4.0]
+    speeds = timing.per_worker(1.0, jnp.array(times))
+    make = lambda s: asgd_jax.parameter_server(rules.malenia(optax.sgd(LR), 3, s), 3, timing=speeds)
+    w, _, _ = run_vmapped(make, jnp.array([3.0, 6.0]), 40)
+    for k, s in enumerate([3.0, 6.0]):
+        np.testing.assert_allclose(w[k], reference(times, 40, malenia_ref(s))[0][-1], rtol=2e-5, atol=2e-6)
+    make = lambda b: asgd_jax.asynchronous(optax.sgd(LR), 2, timing=timing.budgeted(_TwoAttempts(), b),
+                                           max_staleness=0, accumulate=2)
+    _, s, tr = run_vmapped(make, jnp.array([2.0, 4.0]), 20)
+    # budget 4: worker 1's first attempt (3) succeeds, jobs take 3; budget 2: 3.5 (above)
+    assert arrivals_of(jax.tree.map(lambda x: x[1], tr)) == reference([1.0, 3.0], 20, rennala_ref(2))[1]
+    assert arrivals_of(jax.tree.map(lambda x: x[0], tr)) == reference([1.0, 3.5], 20, rennala_ref(2))[1]
