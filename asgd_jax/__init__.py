@@ -22,6 +22,7 @@ from asgd_jax import data, decentralized, downpour, events, model_parallel, netw
 from asgd_jax import timing
 from asgd_jax.decentralized import DecentralizedState, ad_psgd, dpsgd
 from asgd_jax.synchronous import SyncState, synchronous
+from asgd_jax.mindflayer import MindFlayerState, mindflayer
 from asgd_jax.simulator import (
     COMPENSATIONS,
     SERVER_RULES,
@@ -66,6 +67,8 @@ __all__ = [
     "server_chain",
     "synchronous",
     "SyncState",
+    "mindflayer",
+    "MindFlayerState",
     "events",
     "rules",
     "network",

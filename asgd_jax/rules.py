@@ -353,7 +353,9 @@ def malenia(inner: optax.GradientTransformation, max_workers: int, batch=None
     least :math:`S/n`) with :math:`\text{inner}\big(\frac1n\sum_i G_i/B_i\big)`, then
     clears the sums. :math:`n` is the extra argument ``active_workers``; the
     paper's batch is :math:`S = \max(\lceil\sigma^2/\varepsilon\rceil, n)`; default
-    :math:`S = n` (one gradient from every worker suffices). **(choice)** The
+    :math:`S = n` (one gradient from every worker suffices). **(choice)** We step
+    as soon as the harmonic mean reaches :math:`S/n`; a later restatement of the
+    algorithm waits until it exceeds :math:`S/n` (docs/methods.md). The
     comparison allows a relative :math:`10^{-6}` so that float32 rounding of the
     harmonic mean does not delay a step that is due.
 
@@ -409,40 +411,42 @@ def malenia(inner: optax.GradientTransformation, max_workers: int, batch=None
 
 
 class RingleaderState(NamedTuple):
-    """State of :func:`ringleader`: the ``table`` of each worker's entry (the mean of the gradients it
-    delivered between two refreshes), the ``sums``/``counts`` buffered since a worker's last refresh,
-    ``filled`` (the worker has an entry), ``updated`` (it triggered its step of the current round),
+    """State of :func:`ringleader`: the gradient table (per-worker ``sums`` and ``counts`` of the current
+    cycle), the temporary table (``next_sums``, ``next_counts``: what workers deliver after their step of
+    the cycle), ``updating`` (phase 2), ``owes`` (the workers whose step of the cycle is still due),
     ``stepped`` and the wrapped optimizer's state."""
 
-    table: Any
     sums: Any
     counts: jax.Array
-    filled: jax.Array
-    updated: jax.Array
+    next_sums: Any
+    next_counts: jax.Array
+    updating: jax.Array
+    owes: jax.Array
     stepped: jax.Array
     inner_state: Any
 
 
 def ringleader(inner: optax.GradientTransformation, max_workers: int) -> optax.GradientTransformationExtraArgs:
-    r"""Ringleader ASGD's server (Maranjyan & Richtárik, ICLR 2026): a gradient table, one step per worker per round.
+    r"""Ringleader ASGD's server (Maranjyan & Richtárik, ICLR 2026): a gradient table, one step per worker.
 
-    The server keeps a table with one entry per worker, :math:`\bar g_i`, and a
-    buffer per worker. Every arriving gradient (none is discarded, whatever its
-    staleness) is added to its worker's buffer, :math:`G_i \mathrel{+}= g`,
-    :math:`b_i \mathrel{+}= 1`. **Filling:** until every active worker has an
-    entry, a worker without one moves its buffer into the table,
-    :math:`\bar g_i = G_i/b_i`; the others keep buffering. **Rounds:** the
-    arrival that completes the table, and afterwards the first arrival of each
-    worker in a round, refreshes that worker's entry from its buffer and makes
-    one step with the table's average,
+    No gradient is discarded, whatever its staleness. The server keeps a table
+    (per worker :math:`i`, the sum :math:`G_i` and number :math:`b_i` of its
+    gradients in the table) and a temporary table. A cycle has two phases.
+    **Phase 1 (collect):** every arrival is added to its worker's entry, no
+    step, until every active worker has an entry. **Phase 2 (update):** the
+    arrival that fills the table, and then the first arrival of each other
+    worker (added to its entry first), each makes one step with the table,
 
-    .. math:: x \leftarrow x + \text{inner}\Big(\frac1n \sum_{i=1}^n \frac1{b_i}\sum_{j=1}^{b_i} g_i^{j}\Big),
+    .. math:: x \leftarrow x + \text{inner}\Big(\frac1n \sum_{i=1}^n \frac{G_i}{b_i}\Big)
 
-    (averaged within, then across workers); a worker's later arrivals in the
-    same round are buffered. A round ends once every active worker has made its
-    step. Each worker is thus used exactly once per round, no worker waits, and
-    every delay is at most :math:`2n - 2`. **(choice)** Our reading of the
-    paper's table and buffer phases (arXiv:2509.22860); see docs/methods.md.
+    (averaged within, then across workers); an arrival of a worker that has
+    already stepped in this cycle goes to the temporary table. After the
+    :math:`n`-th step the old gradients are removed: the temporary table
+    becomes the table, and phase 1 starts again. Each worker triggers exactly
+    one step per cycle and no worker waits (every delay is at most
+    :math:`2n - 2`). Written from the authors' description of the phases (the
+    paper's poster: collect, one update per worker with a temporary table,
+    then remove the old gradients) and their experiment code.
 
     Args:
         inner: the server optimizer (the paper: SGD).
@@ -453,41 +457,44 @@ def ringleader(inner: optax.GradientTransformation, max_workers: int) -> optax.G
         >>> tx = asgd_jax.rules.ringleader(optax.sgd(1.0), 2)
         >>> s = tx.init(jnp.zeros(1))
         >>> steps = []
-        >>> for w, g in [(0, 1.0), (0, 3.0), (1, 8.0), (1, 2.0), (0, 4.0)]:
+        >>> for w, g in [(0, 1.0), (0, 3.0), (1, 8.0), (1, 2.0), (0, 5.0), (0, 6.0)]:
         ...     u, s = tx.update(jnp.array([g]), s, worker=w, active_workers=2)
         ...     steps.append(float(u[0]))
-        >>> steps     # fill 0 (1), buffer 3; fill 1 (8): step -(1+8)/2; 1 buffers 2; 0 refreshes (3+4)/2
-        [0.0, 0.0, -4.5, 0.0, -5.75]
+        >>> steps     # collect 1, 3; 8 fills: -(2+8)/2; 2 to the temporary table; 5: -(3+8)/2; then -(6+2)/2
+        [0.0, 0.0, -5.0, 0.0, -5.5, -4.0]
     """
     size = _checks.python_int("ringleader(max_workers)", max_workers, 1)
     inner = optax.with_extra_args_support(inner)
 
     def init_fn(params):
-        false = jnp.zeros([size], bool)
-        return RingleaderState(table=_per_worker(params, size), sums=_per_worker(params, size),
-                               counts=jnp.zeros([size], jnp.int32), filled=false, updated=false,
-                               stepped=jnp.zeros([], bool), inner_state=inner.init(params))
+        false, zero = jnp.zeros([size], bool), jnp.zeros([size], jnp.int32)
+        return RingleaderState(sums=_per_worker(params, size), counts=zero,
+                               next_sums=_per_worker(params, size), next_counts=zero,
+                               updating=jnp.zeros([], bool), owes=false, stepped=jnp.zeros([], bool),
+                               inner_state=inner.init(params))
 
     def update_fn(updates, state, params=None, *, worker, active_workers, **extra_args):
-        active = jnp.arange(size) < jnp.asarray(active_workers, jnp.int32)
-        full = jnp.all(state.filled | ~active)
-        sums = jax.tree.map(lambda a, g: a.at[worker].add(g.astype(a.dtype)), state.sums, updates)
-        counts = state.counts.at[worker].add(1)
-        refresh = ~state.updated[worker] & (~state.filled[worker] | full)
-        row = lambda a: a[worker] / jnp.maximum(counts[worker], 1).astype(a.dtype)
-        table = jax.tree.map(lambda t, a: jnp.where(refresh, t.at[worker].set(row(a)), t), state.table, sums)
-        sums = jax.tree.map(lambda a: jnp.where(refresh, a.at[worker].set(0), a), sums)
-        counts = jnp.where(refresh, counts.at[worker].set(0), counts)
-        filled = state.filled.at[worker].set(state.filled[worker] | refresh)
-        apply = refresh & jnp.all(filled | ~active)
-        updated = state.updated.at[worker].set(state.updated[worker] | apply)
-        updated = jnp.where(jnp.all(updated | ~active), jnp.zeros_like(updated), updated)
-        g = _row_mean(table, active / jnp.sum(active))
+        ids = jnp.arange(size)
+        active, me = ids < jnp.asarray(active_workers, jnp.int32), ids == worker
+        to_next = state.updating & ~state.owes[worker]               # already stepped in this cycle
+        add = lambda on: lambda a, g: a.at[worker].add(jnp.where(on, g, 0).astype(a.dtype))
+        sums = jax.tree.map(add(~to_next), state.sums, updates)
+        next_sums = jax.tree.map(add(to_next), state.next_sums, updates)
+        counts = state.counts.at[worker].add((~to_next).astype(jnp.int32))
+        next_counts = state.next_counts.at[worker].add(to_next.astype(jnp.int32))
+        fills = ~state.updating & jnp.all((counts > 0) | ~active)    # phase 1 ends with this arrival
+        apply = fills | (state.updating & state.owes[worker])
+        owes = jnp.where(fills, active & ~me, state.owes & ~(me & apply))
+        done = (state.updating | fills) & ~jnp.any(owes)             # the cycle's n-th step: transition
+        g = _row_mean(sums, jnp.where(active, 1.0 / jnp.maximum(counts, 1), 0.0) / jnp.sum(active))
         new_updates, new_inner = inner.update(g, state.inner_state, params, worker=worker,
                                               active_workers=active_workers, **extra_args)
         out = jax.tree.map(lambda u: jnp.where(apply, u, jnp.zeros_like(u)), new_updates)
-        return out, RingleaderState(table=table, sums=sums, counts=counts, filled=filled, updated=updated,
-                                    stepped=apply, inner_state=_select(apply, new_inner, state.inner_state))
+        return out, RingleaderState(
+            sums=_select(done, next_sums, sums), counts=jnp.where(done, next_counts, counts),
+            next_sums=jax.tree.map(lambda a: jnp.where(done, jnp.zeros_like(a), a), next_sums),
+            next_counts=jnp.where(done, 0, next_counts), updating=(state.updating | fills) & ~done,
+            owes=owes & ~done, stepped=apply, inner_state=_select(apply, new_inner, state.inner_state))
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 

@@ -583,19 +583,18 @@ def _fastest(m, initial_workers, timing, workers, max_workers):
 def optimal_workers(times, sigma2, eps) -> jax.Array:
     r"""Naive Optimal ASGD's worker count (Maranjyan, Tyurin & Richtárik 2025): the :math:`m` minimising the time bound.
 
-    With the compute times sorted, :math:`	au_1 \le \dots \le 	au_n`,
+    With the compute times sorted, :math:`\tau_1 \le \dots \le \tau_n`,
 
-    .. math:: m^* = rg\min_{m \in [n]} \Big(rac1m \sum_{i=1}^m rac1{	au_i}\Big)^{-1}
-              \Big(1 + rac{\sigma^2}{marepsilon}\Big),
+    .. math:: m^* = \arg\min_{m \in [n]} \Big(\frac1m \sum_{i=1}^m \frac1{\tau_i}\Big)^{-1}
+              \Big(1 + \frac{\sigma^2}{m\varepsilon}\Big),
 
     the time complexity of asynchronous SGD on the :math:`m` fastest workers up to
-    the factor :math:`L\Delta/arepsilon`. Ties: the smallest :math:`m`.
+    the factor :math:`L\Delta/\varepsilon`. Ties: the smallest :math:`m`.
 
     Args:
         times: ``[n]`` positive (mean) compute times, in any order (traced allowed).
         sigma2: the gradient noise :math:`\sigma^2 \ge 0`.
-        eps: the target :math:`arepsilon > 0` (:math:`E\|
-abla f\|^2 \le arepsilon`).
+        eps: the target :math:`\varepsilon > 0` (:math:`E\|\nabla f\|^2 \le \varepsilon`).
 
     Returns:
         int32 :math:`m^*` (pass it as ``asynchronous(..., fastest=m)``).

@@ -142,7 +142,7 @@ def test_network_composes_with_time_varying_speeds():
     assert run(None) == run(network.network(latency=0.0, bandwidth=float("inf")))
 
 
-# --- budgets (MindFlayer) -----------------------------------------------------------------------------------
+# --- budgets (timeout and resend until success; MindFlayer SGD itself is in test_frontier_methods) -------
 
 
 class _Attempts(timing.TimingModel):
