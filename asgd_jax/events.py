@@ -272,7 +272,7 @@ def cancel(state: EventState, worker) -> tuple[EventState, jax.Array]:
     gradients are void). The pool then holds fewer jobs than active workers, so
     the next :func:`step` only dispatches: give ``worker`` its new job by setting
     ``next_worker`` (``state._replace(next_worker=worker)``), which restarts it
-    at the current version (Ringmaster's stop variant, MindFlayer's restarts).
+    at the current version (Ringmaster's stop variant, a timed-out request resent).
 
     Example:
         >>> from asgd_jax import events

@@ -24,8 +24,9 @@ good); it depends on the clock, through ``sample_at``.
 
 Heavy tails: :func:`pareto` (and :func:`lognormal` with a large ``sigma``);
 :func:`budgeted` cuts a tail by abandoning and restarting attempts past a time
-budget (MindFlayer SGD). Time-varying speeds (Tyurin's universal computation
-model: a job of work :math:`W` started at :math:`t_0` ends when
+budget until one succeeds (MindFlayer's timeout as a clock; MindFlayer SGD's
+rounds of a fixed number of attempts: :func:`asgd_jax.mindflayer`). Time-varying
+speeds (Tyurin's universal computation model: a job of work :math:`W` started at :math:`t_0` ends when
 :math:`\int_{t_0}^t v_i = W`): :func:`piecewise_speed`, :func:`periodic_speed`,
 :func:`random_walk_speed`. Clock-dependent models go outside the clock-free
 wrappers (:func:`per_worker`, :func:`stragglers` and :func:`budgeted` refuse
@@ -827,7 +828,7 @@ def random_walk_speed(base: TimingModel | float, key, num_steps: int, *, step=1.
 
 
 def budgeted(base: TimingModel | float, budget, attempts: int = 32) -> Budgeted:
-    r"""Time budgets (MindFlayer SGD): an attempt longer than the budget is abandoned and restarted.
+    r"""Time budgets: an attempt longer than the budget is abandoned and restarted until one succeeds.
 
     Worker :math:`i` draws attempt times :math:`T_1, T_2, \dots` from ``base``; an
     attempt with :math:`T_j > t_i` is stopped at :math:`t_i` and a new one starts
@@ -838,7 +839,10 @@ def budgeted(base: TimingModel | float, budget, attempts: int = 32) -> Budgeted:
     and :math:`\infty` if none of the first ``attempts`` succeeds (so a budget
     below a fixed time never finishes). With a heavy-tailed base this cuts the
     tail at the price of restarts. ``expected`` is a Monte Carlo mean (4096
-    draws, a fixed key).
+    draws, a fixed key). This is MindFlayer SGD's timeout ("if the timeout
+    expires, resend the request") as a clock for any server; MindFlayer itself
+    makes a fixed number of attempts per worker and round and keeps only the
+    successful ones: :func:`asgd_jax.mindflayer`.
 
     Args:
         base: a clock-free model (or a number).
