@@ -22,6 +22,7 @@ from asgd_jax import data, decentralized, downpour, events, model_parallel, netw
 from asgd_jax import timing
 from asgd_jax.decentralized import DecentralizedState, ad_psgd, dpsgd
 from asgd_jax.synchronous import SyncState, synchronous
+from asgd_jax.mindflayer import MindFlayerState, mindflayer
 from asgd_jax.simulator import (
     COMPENSATIONS,
     SERVER_RULES,
@@ -35,6 +36,7 @@ from asgd_jax.simulator import (
     parameter_server,
     server_chain,
     next_worker,
+    optimal_workers,
     simulate_staleness,
 )
 
@@ -65,6 +67,8 @@ __all__ = [
     "server_chain",
     "synchronous",
     "SyncState",
+    "mindflayer",
+    "MindFlayerState",
     "events",
     "rules",
     "network",
@@ -78,6 +82,7 @@ __all__ = [
     "next_worker",
     "active_workers",
     "simulate_staleness",
+    "optimal_workers",
     "SimState",
     "Jobs",
     "StalenessTrace",

@@ -266,13 +266,13 @@ def record_step(state: EventState, stepped, assignment: str = "pure") -> EventSt
 
 
 def cancel(state: EventState, worker) -> tuple[EventState, jax.Array]:
-    """Abandons every in-flight job of ``worker``; it is free from the current time on.
+    """Abandons every in-flight job of ``worker`` (an id, or a ``bool[P]`` mask of workers); it is free now.
 
     Returns the new state and a ``bool[P]`` mask of the cancelled slots (their
     gradients are void). The pool then holds fewer jobs than active workers, so
     the next :func:`step` only dispatches: give ``worker`` its new job by setting
     ``next_worker`` (``state._replace(next_worker=worker)``), which restarts it
-    at the current version (Ringmaster's stop variant, MindFlayer's restarts).
+    at the current version (Ringmaster's stop variant, a timed-out request resent).
 
     Example:
         >>> from asgd_jax import events
@@ -281,10 +281,10 @@ def cancel(state: EventState, worker) -> tuple[EventState, jax.Array]:
         >>> mask.tolist(), int(s.in_flight), int(s.queued[0])
         ([True, False], 0, 0)
     """
-    jobs = state.jobs
-    mask = jobs.valid & (jobs.worker == worker)
-    count = jnp.sum(mask).astype(jnp.int32)
+    jobs, who = state.jobs, jnp.asarray(worker)
+    hit = who if who.dtype == bool else jnp.arange(state.queued.shape[0]) == who
+    mask = jobs.valid & hit[jobs.worker]
     return state._replace(
         jobs=jobs._replace(valid=jobs.valid & ~mask, finish=jnp.where(mask, jnp.inf, jobs.finish)),
-        in_flight=state.in_flight - count, queued=state.queued.at[worker].set(0),
-        busy_until=state.busy_until.at[worker].set(state.time)), mask
+        in_flight=state.in_flight - jnp.sum(mask).astype(jnp.int32), queued=jnp.where(hit, 0, state.queued),
+        busy_until=jnp.where(hit, state.time, state.busy_until)), mask

@@ -57,8 +57,9 @@ import optax
 
 from asgd_jax import _checks
 
-__all__ = ["DCState", "DCAdaptiveState", "AccumulateState", "STALENESS_SCALINGS", "dc_asgd",
-           "scale_by_staleness", "clip_by_global_norm", "accumulate", "drop_stale", "rennala"]
+__all__ = ["DCState", "DCAdaptiveState", "AccumulateState", "MaleniaState", "RingleaderState", "ComputeTimeState",
+           "STALENESS_SCALINGS", "dc_asgd", "scale_by_staleness", "clip_by_global_norm", "accumulate", "drop_stale",
+           "rennala", "malenia", "ringleader", "scale_by_compute_time"]
 
 STALENESS_SCALINGS = ("adaptive", "inverse")
 
@@ -311,3 +312,233 @@ def rennala(inner: optax.GradientTransformation, batch) -> optax.GradientTransfo
         (3, 0)
     """
     return accumulate(inner, batch, max_staleness=0)
+
+
+def _per_worker(params, size):
+    return jax.tree.map(lambda p: jnp.zeros((size,) + jnp.shape(p), jnp.result_type(p)), params)
+
+
+def _row_mean(table, weights):
+    """:math:`\\sum_i w_i\\,\\text{table}_i` over the leading worker axis."""
+    return jax.tree.map(lambda t: jnp.tensordot(weights.astype(t.dtype), t, axes=1), table)
+
+
+class MaleniaState(NamedTuple):
+    """State of :func:`malenia`: the batch :math:`S` (0: the active worker count), ``max_staleness`` (0),
+    per-worker ``sums`` and ``counts`` of the gradients at the current iterate, ``stepped``, ``discarded``,
+    the wrapped optimizer's state and ``invalid`` (a traced negative ``S``)."""
+
+    batch: jax.Array
+    max_staleness: jax.Array
+    sums: Any
+    counts: jax.Array
+    stepped: jax.Array
+    discarded: jax.Array
+    inner_state: Any
+    invalid: jax.Array
+
+
+def malenia(inner: optax.GradientTransformation, max_workers: int, batch=None
+            ) -> optax.GradientTransformationExtraArgs:
+    r"""Malenia SGD's server (Tyurin & Richtárik 2023): per-worker sums, every worker weighted equally.
+
+    Only gradients computed at the current iterate are kept (staleness 0;
+    the others are discarded and their worker restarts at the current point,
+    as in Rennala). Worker :math:`i`'s kept gradients are summed, :math:`G_i`,
+    and counted, :math:`B_i`. The server steps once
+
+    .. math:: \Big(\frac1n \sum_{i=1}^n \frac1{B_i}\Big)^{-1} \ge \frac{S}{n},
+
+    (every worker has contributed, and the harmonic mean of the counts is at
+    least :math:`S/n`) with :math:`\text{inner}\big(\frac1n\sum_i G_i/B_i\big)`, then
+    clears the sums. :math:`n` is the extra argument ``active_workers``; the
+    paper's batch is :math:`S = \max(\lceil\sigma^2/\varepsilon\rceil, n)`; default
+    :math:`S = n` (one gradient from every worker suffices). **(choice)** We step
+    as soon as the harmonic mean reaches :math:`S/n`; a later restatement of the
+    algorithm waits until it exceeds :math:`S/n` (docs/methods.md). The
+    comparison allows a relative :math:`10^{-6}` so that float32 rounding of the
+    harmonic mean does not delay a step that is due.
+
+    Args:
+        inner: the server optimizer.
+        max_workers: static pool size (the parameter server's ``max_workers``).
+        batch: :math:`S > 0` (traced allowed) or ``None`` (:math:`S = n`).
+
+    Example:
+        >>> import jax.numpy as jnp, optax, asgd_jax
+        >>> tx = asgd_jax.rules.malenia(optax.sgd(1.0), 2)
+        >>> s = tx.init(jnp.zeros(1))
+        >>> kw = dict(staleness=0, active_workers=2)
+        >>> u, s = tx.update(jnp.array([1.0]), s, worker=0, **kw)      # worker 1 has not contributed
+        >>> u, s = tx.update(jnp.array([3.0]), s, worker=0, **kw)
+        >>> u, s = tx.update(jnp.array([8.0]), s, worker=1, **kw)      # (1/2)(4/2 + 8/1) = 5
+        >>> u, bool(s.stepped)
+        (Array([-5.], dtype=float32), True)
+    """
+    size = _checks.python_int("malenia(max_workers)", max_workers, 1)
+    if batch is not None:
+        _checks.check_number("malenia(batch)", batch, positive=True)
+    inner = optax.with_extra_args_support(inner)
+
+    def init_fn(params):
+        b = jnp.array(0.0 if batch is None else batch, jnp.float32)
+        return MaleniaState(batch=b, max_staleness=jnp.zeros([], jnp.int32), sums=_per_worker(params, size),
+                            counts=jnp.zeros([size], jnp.int32), stepped=jnp.zeros([], bool),
+                            discarded=jnp.zeros([], jnp.int32), inner_state=inner.init(params),
+                            invalid=jnp.asarray(batch is not None) & (b <= 0))
+
+    def update_fn(updates, state, params=None, *, staleness, worker, active_workers, **extra_args):
+        fresh = jnp.asarray(staleness) <= state.max_staleness
+        n = jnp.asarray(active_workers, jnp.int32)
+        sums = jax.tree.map(lambda a, g: a.at[worker].add(jnp.where(fresh, g, 0).astype(a.dtype)),
+                            state.sums, updates)
+        counts = state.counts.at[worker].add(fresh.astype(jnp.int32))
+        active = jnp.arange(size) < n
+        inv = jnp.where(active, jnp.where(counts > 0, 1.0 / jnp.maximum(counts, 1), jnp.inf), 0.0)
+        nf = n.astype(jnp.float32)
+        s = jnp.where(state.batch > 0, state.batch, nf)
+        apply = fresh & (s * jnp.sum(inv) <= nf * nf * (1 + 1e-6))
+        g = _row_mean(sums, jnp.where(active, 1.0 / jnp.maximum(counts, 1), 0.0) / nf)
+        new_updates, new_inner = inner.update(g, state.inner_state, params, staleness=staleness, worker=worker,
+                                              active_workers=active_workers, **extra_args)
+        out = jax.tree.map(lambda u: jnp.where(apply, u, jnp.zeros_like(u)), new_updates)
+        sums = jax.tree.map(lambda a: jnp.where(apply, jnp.zeros_like(a), a), sums)
+        return out, state._replace(sums=sums, counts=jnp.where(apply, 0, counts), stepped=apply,
+                                   discarded=state.discarded + (~fresh).astype(jnp.int32),
+                                   inner_state=_select(apply, new_inner, state.inner_state))
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+class RingleaderState(NamedTuple):
+    """State of :func:`ringleader`: the gradient table (per-worker ``sums`` and ``counts`` of the current
+    cycle), the temporary table (``next_sums``, ``next_counts``: what workers deliver after their step of
+    the cycle), ``updating`` (phase 2), ``owes`` (the workers whose step of the cycle is still due),
+    ``stepped`` and the wrapped optimizer's state."""
+
+    sums: Any
+    counts: jax.Array
+    next_sums: Any
+    next_counts: jax.Array
+    updating: jax.Array
+    owes: jax.Array
+    stepped: jax.Array
+    inner_state: Any
+
+
+def ringleader(inner: optax.GradientTransformation, max_workers: int) -> optax.GradientTransformationExtraArgs:
+    r"""Ringleader ASGD's server (Maranjyan & Richtárik, ICLR 2026): a gradient table, one step per worker.
+
+    No gradient is discarded, whatever its staleness. The server keeps a table
+    (per worker :math:`i`, the sum :math:`G_i` and number :math:`b_i` of its
+    gradients in the table) and a temporary table. A cycle has two phases.
+    **Phase 1 (collect):** every arrival is added to its worker's entry, no
+    step, until every active worker has an entry. **Phase 2 (update):** the
+    arrival that fills the table, and then the first arrival of each other
+    worker (added to its entry first), each makes one step with the table,
+
+    .. math:: x \leftarrow x + \text{inner}\Big(\frac1n \sum_{i=1}^n \frac{G_i}{b_i}\Big)
+
+    (averaged within, then across workers); an arrival of a worker that has
+    already stepped in this cycle goes to the temporary table. After the
+    :math:`n`-th step the old gradients are removed: the temporary table
+    becomes the table, and phase 1 starts again. Each worker triggers exactly
+    one step per cycle and no worker waits (every delay is at most
+    :math:`2n - 2`). Written from the authors' description of the phases (the
+    paper's poster: collect, one update per worker with a temporary table,
+    then remove the old gradients) and their experiment code.
+
+    Args:
+        inner: the server optimizer (the paper: SGD).
+        max_workers: static pool size (the parameter server's ``max_workers``).
+
+    Example:
+        >>> import jax.numpy as jnp, optax, asgd_jax
+        >>> tx = asgd_jax.rules.ringleader(optax.sgd(1.0), 2)
+        >>> s = tx.init(jnp.zeros(1))
+        >>> steps = []
+        >>> for w, g in [(0, 1.0), (0, 3.0), (1, 8.0), (1, 2.0), (0, 5.0), (0, 6.0)]:
+        ...     u, s = tx.update(jnp.array([g]), s, worker=w, active_workers=2)
+        ...     steps.append(float(u[0]))
+        >>> steps     # collect 1, 3; 8 fills: -(2+8)/2; 2 to the temporary table; 5: -(3+8)/2; then -(6+2)/2
+        [0.0, 0.0, -5.0, 0.0, -5.5, -4.0]
+    """
+    size = _checks.python_int("ringleader(max_workers)", max_workers, 1)
+    inner = optax.with_extra_args_support(inner)
+
+    def init_fn(params):
+        false, zero = jnp.zeros([size], bool), jnp.zeros([size], jnp.int32)
+        return RingleaderState(sums=_per_worker(params, size), counts=zero,
+                               next_sums=_per_worker(params, size), next_counts=zero,
+                               updating=jnp.zeros([], bool), owes=false, stepped=jnp.zeros([], bool),
+                               inner_state=inner.init(params))
+
+    def update_fn(updates, state, params=None, *, worker, active_workers, **extra_args):
+        ids = jnp.arange(size)
+        active, me = ids < jnp.asarray(active_workers, jnp.int32), ids == worker
+        to_next = state.updating & ~state.owes[worker]               # already stepped in this cycle
+        add = lambda on: lambda a, g: a.at[worker].add(jnp.where(on, g, 0).astype(a.dtype))
+        sums = jax.tree.map(add(~to_next), state.sums, updates)
+        next_sums = jax.tree.map(add(to_next), state.next_sums, updates)
+        counts = state.counts.at[worker].add((~to_next).astype(jnp.int32))
+        next_counts = state.next_counts.at[worker].add(to_next.astype(jnp.int32))
+        fills = ~state.updating & jnp.all((counts > 0) | ~active)    # phase 1 ends with this arrival
+        apply = fills | (state.updating & state.owes[worker])
+        owes = jnp.where(fills, active & ~me, state.owes & ~(me & apply))
+        done = (state.updating | fills) & ~jnp.any(owes)             # the cycle's n-th step: transition
+        g = _row_mean(sums, jnp.where(active, 1.0 / jnp.maximum(counts, 1), 0.0) / jnp.sum(active))
+        new_updates, new_inner = inner.update(g, state.inner_state, params, worker=worker,
+                                              active_workers=active_workers, **extra_args)
+        out = jax.tree.map(lambda u: jnp.where(apply, u, jnp.zeros_like(u)), new_updates)
+        return out, RingleaderState(
+            sums=_select(done, next_sums, sums), counts=jnp.where(done, next_counts, counts),
+            next_sums=jax.tree.map(lambda a: jnp.where(done, jnp.zeros_like(a), a), next_sums),
+            next_counts=jnp.where(done, 0, next_counts), updating=(state.updating | fills) & ~done,
+            owes=owes & ~done, stepped=apply, inner_state=_select(apply, new_inner, state.inner_state))
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+class ComputeTimeState(NamedTuple):
+    """State of :func:`scale_by_compute_time`: each worker's (mean) compute time ``times[P]``."""
+
+    times: jax.Array
+
+
+def scale_by_compute_time(times) -> optax.GradientTransformationExtraArgs:
+    r"""Rescaled ASGD (Mahran, Maranjyan & Richtárik 2026): worker :math:`i`'s step proportional to its time.
+
+    .. math:: g \leftarrow \frac{\tau_i}{\bar\tau}\, g, \qquad
+              \bar\tau = \Big(\frac1n \sum_{j<n} \frac1{\tau_j}\Big)^{-1},
+
+    with :math:`\tau_i` worker :math:`i`'s (mean) compute time and :math:`n` the
+    active workers. Worker :math:`i` delivers about :math:`1/\tau_i` gradients per
+    unit time, so each worker contributes the same total step per unit time and
+    plain ASGD's bias towards the fast workers' data goes away. **(choice)** The
+    normalisation :math:`\bar\tau` (the harmonic mean) keeps the average step per
+    arrival equal to the inner learning rate; the paper states the step sizes up
+    to this constant. With random times use the means
+    (``timing.expected(jnp.arange(P), P)``).
+
+    Args:
+        times: ``[P]`` positive compute times, one per worker (traced allowed).
+
+    Example:
+        >>> import jax.numpy as jnp, asgd_jax
+        >>> tx = asgd_jax.rules.scale_by_compute_time(jnp.array([1.0, 3.0]))
+        >>> tx.update(jnp.ones(1), tx.init(jnp.ones(1)), worker=1, active_workers=2)[0]   # 3 / 1.5
+        Array([2.], dtype=float32)
+    """
+    _checks.check_number("scale_by_compute_time(times)", times, positive=True)
+    if _checks.concrete(times) is not None and jnp.ndim(times) != 1:
+        raise ValueError(f"scale_by_compute_time(times) must be one time per worker (1-D), got {times!r}.")
+
+    def update_fn(updates, state, params=None, *, worker, active_workers, **extra_args):
+        del params, extra_args
+        active = jnp.arange(state.times.shape[0]) < jnp.asarray(active_workers, jnp.int32)
+        mean = jnp.sum(active) / jnp.sum(jnp.where(active, 1.0 / state.times, 0.0))
+        factor = state.times[worker] / mean
+        return jax.tree.map(lambda x: (x * factor).astype(x.dtype), updates), state
+
+    return optax.GradientTransformationExtraArgs(lambda p: ComputeTimeState(jnp.asarray(times, jnp.float32)),
+                                                 update_fn)

@@ -40,7 +40,7 @@ from asgd_jax.synchronous import SyncState, synchronous
 
 __all__ = [
     "SimState", "Jobs", "StalenessTrace", "parameter_server", "server_chain", "asynchronous", "next_worker",
-    "active_workers", "simulate_staleness", "ASSIGNMENTS", "SERVER_RULES", "COMPENSATIONS",
+    "active_workers", "simulate_staleness", "optimal_workers", "ASSIGNMENTS", "SERVER_RULES", "COMPENSATIONS",
     "STALENESS_SCALINGS",
 ]
 
@@ -185,10 +185,19 @@ def _accepted(server_state, staleness) -> jax.Array:
     return out
 
 
+def _stop_stale(ev: events.EventState, server_state) -> events.EventState:
+    """Ringmaster's stops: cancel the jobs whose staleness now exceeds the chain's ``max_staleness`` and
+    hand the next job to the lowest idle worker (the pure rule), which restarts it at the current version."""
+    too_old = ev.jobs.valid & ~_accepted(server_state, ev.version - ev.jobs.version)
+    hit = jnp.zeros(ev.queued.shape, bool).at[ev.jobs.worker].max(too_old)
+    ev, _ = events.cancel(ev, hit)
+    return events.record_step(ev, False, "pure")
+
+
 def parameter_server(server: optax.GradientTransformation, workers, *, timing=1.0, assignment: str = "pure",
                      initial_workers=None, add_workers=1, add_every=1, keep_params: bool = False,
-                     network: network_lib.Network | None = None, max_workers: int | None = None,
-                     key=0) -> optax.GradientTransformationExtraArgs:
+                     network: network_lib.Network | None = None, stop_stale: bool = False,
+                     max_workers: int | None = None, key=0) -> optax.GradientTransformationExtraArgs:
     r"""An asynchronous parameter server with ``workers`` workers whose arrivals go through ``server``.
 
     Each ``update(grads, state, params)`` is one gradient, computed at ``params``
@@ -214,6 +223,15 @@ def parameter_server(server: optax.GradientTransformation, workers, *, timing=1.
     in the order their gradients are ready (a first-come first-served link);
     the server answers an arrival (the next pull) before it reads later pushes.
 
+    **Stops** (``stop_stale=True``, Ringmaster ASGD with calculation stops,
+    Maranjyan et al. 2025): after every server step, each in-flight job whose
+    staleness now exceeds the chain's ``max_staleness`` (:math:`R`) is stopped
+    (:func:`asgd_jax.events.cancel`; its gradient is void) and its worker
+    restarts at the current parameters: the next calls, one per stopped worker,
+    dispatch those restarts (zero updates, the pure rule). No arrival is then
+    ever older than :math:`R`. Needs the pure assignment and a ``max_staleness``
+    in the chain (e.g. :func:`asgd_jax.rules.drop_stale`).
+
     Args:
         server: the server chain: rules of :mod:`asgd_jax.rules` (or your own)
             ending in the server optimizer, e.g.
@@ -226,6 +244,7 @@ def parameter_server(server: optax.GradientTransformation, workers, *, timing=1.
         keep_params: store the parameters of every in-flight job (for
             :func:`asgd_jax.rules.dc_asgd`).
         network: a :class:`asgd_jax.network.Network` (``None``: messages cost nothing).
+        stop_stale: stop and restart jobs that became too stale (above).
         max_workers: static pool size (default ``workers``).
         key: PRNG key or int seed of the simulation.
 
@@ -251,6 +270,11 @@ def parameter_server(server: optax.GradientTransformation, workers, *, timing=1.
                                       add_every=add_every)
     size = make_events().perm.shape[0]  # validates the arguments now
     network_lib.check(network, size)
+    if stop_stale and assignment != "pure":
+        raise ValueError(f"stop_stale restarts a stopped worker at once, which needs assignment='pure', "
+                         f"got {assignment!r}.")
+    if stop_stale and not optax.tree_utils.tree_get_all_with_path(jax.eval_shape(server.init, jnp.zeros([])), "max_staleness"):
+        raise ValueError("stop_stale needs a staleness limit in the server chain (e.g. rules.drop_stale(inner, R)).")
 
     def init_fn(params):
         slots = lambda: jax.tree.map(lambda p: jnp.zeros((size,) + jnp.shape(p), jnp.result_type(p)), params)
@@ -286,6 +310,8 @@ def parameter_server(server: optax.GradientTransformation, workers, *, timing=1.
         stepped = arrival.arrived if stepped is None else arrival.arrived & stepped
         server_state = jax.tree.map(lambda a, b: jnp.where(arrival.arrived, a, b), new_server, state.server_state)
         ev = events.record_step(ev, stepped, assignment)
+        if stop_stale:
+            ev = _stop_stale(ev, server_state)
         out = jax.tree.map(lambda u: jnp.where(stepped, u, jnp.zeros_like(u)), new_updates)
         return out, SimState(events=ev, grads=grads, stale_params=stale_params, server_state=server_state,
                              link=link)
@@ -341,6 +367,8 @@ def asynchronous(
     clip_norm: float | jax.Array | None = None,
     network: network_lib.Network | None = None,
     communication: str = "server",
+    stop_stale: bool = False,
+    fastest: int | jax.Array | None = None,
     max_workers: int | None = None,
     key: int | jax.Array = 0,
 ) -> optax.GradientTransformationExtraArgs:
@@ -380,7 +408,12 @@ def asynchronous(
     Rennala SGD (Tyurin & Richtárik 2023) is ``max_staleness=0,
     accumulate=S`` with the pure rule: workers restart at the current version,
     the server steps on the average of ``S`` gradients computed at it, and older
-    gradients are discarded.
+    gradients are discarded. ``stop_stale=True`` (with ``max_staleness=R``) is
+    Ringmaster's variant with calculation stops: a job is stopped as soon as its
+    staleness exceeds :math:`R` and its worker restarts at the current
+    parameters (:func:`parameter_server`). ``fastest=m`` is Naive Optimal ASGD
+    (Maranjyan et al. 2025): only workers ``0 .. m-1`` ever get a job (number the
+    workers fastest first; :func:`optimal_workers` gives the paper's :math:`m^*`).
 
     **Server rule ``"sync"``**: :func:`asgd_jax.synchronous` (SSGD with a barrier;
     backup workers, Chen et al. 2017). Calls come in rounds of :math:`M` = active workers; call ``p`` of a
@@ -451,6 +484,10 @@ def asynchronous(
         communication: sync rule only: ``"server"`` (pulls and pushes through the
             server's link) or ``"allreduce"`` (AllReduce-SGD: a ring all-reduce
             after the slowest worker; :func:`asgd_jax.synchronous`).
+        stop_stale: async only, with ``max_staleness``: stop jobs that became
+            staler than :math:`R` and restart their workers (pure rule).
+        fastest: async only: use only the ``m`` first workers (traced allowed;
+            the workers' expected times must not decrease with the id).
         max_workers: static bound on ``workers`` (default ``workers``).
         key: PRNG key or int seed of the simulation (times and assignment).
 
@@ -517,13 +554,64 @@ def asynchronous(
     if communication != "server":
         raise ValueError(f"communication={communication!r} needs server_rule='sync'; an asynchronous "
                          "parameter server communicates through its link ('server').")
+    if stop_stale and max_staleness is None:
+        raise ValueError("stop_stale stops jobs staler than max_staleness; give max_staleness=R.")
+    if fastest is not None:
+        initial_workers, add_workers = _fastest(fastest, initial_workers, timing, workers, max_workers)
     chain = server_chain(inner, compensation=compensation, dc_lambda=dc_lambda, dc_momentum=dc_momentum,
                          dc_eps=dc_eps, clip_norm=clip_norm, staleness_scaling=staleness_scaling,
                          max_staleness=max_staleness, accumulate=accumulate)
     return parameter_server(chain, workers, timing=timing, assignment=assignment,
                             initial_workers=initial_workers, add_workers=add_workers, add_every=add_every,
-                            keep_params=compensation is not None, network=network, max_workers=max_workers,
-                            key=key)
+                            keep_params=compensation is not None, network=network, stop_stale=stop_stale,
+                            max_workers=max_workers, key=key)
+
+
+def _fastest(m, initial_workers, timing, workers, max_workers):
+    """``fastest=m``: ``initial_workers=m, add_workers=0``, checking that the workers are numbered fastest first."""
+    if initial_workers is not None:
+        raise ValueError("fastest=m already sets the active workers; drop initial_workers.")
+    _checks.check_int("fastest", m, 1)
+    size = _checks.static_bound("workers", workers, max_workers, "max_workers")
+    means = _checks.concrete(timing_lib.as_timing(timing).expected(jnp.arange(size), size))
+    if means is not None and not (means[1:] >= means[:-1]).all():
+        raise ValueError(f"fastest=m uses workers 0 .. m-1, so number the workers fastest first; their expected "
+                         f"times are {means.tolist()}.")
+    return m, 0
+
+
+def optimal_workers(times, sigma2, eps) -> jax.Array:
+    r"""Naive Optimal ASGD's worker count (Maranjyan, Tyurin & Richtárik 2025): the :math:`m` minimising the time bound.
+
+    With the compute times sorted, :math:`\tau_1 \le \dots \le \tau_n`,
+
+    .. math:: m^* = \arg\min_{m \in [n]} \Big(\frac1m \sum_{i=1}^m \frac1{\tau_i}\Big)^{-1}
+              \Big(1 + \frac{\sigma^2}{m\varepsilon}\Big),
+
+    the time complexity of asynchronous SGD on the :math:`m` fastest workers up to
+    the factor :math:`L\Delta/\varepsilon`. Ties: the smallest :math:`m`.
+
+    Args:
+        times: ``[n]`` positive (mean) compute times, in any order (traced allowed).
+        sigma2: the gradient noise :math:`\sigma^2 \ge 0`.
+        eps: the target :math:`\varepsilon > 0` (:math:`E\|\nabla f\|^2 \le \varepsilon`).
+
+    Returns:
+        int32 :math:`m^*` (pass it as ``asynchronous(..., fastest=m)``).
+
+    Example:
+        >>> import jax.numpy as jnp, asgd_jax
+        >>> times = jnp.array([1.0, 1.0, 2.0, 100.0])
+        >>> int(asgd_jax.optimal_workers(times, 0.0, 1.0)), int(asgd_jax.optimal_workers(times, 30.0, 1.0))
+        (1, 3)
+    """
+    _checks.check_number("optimal_workers(times)", times, positive=True)
+    _checks.check_number("optimal_workers(sigma2)", sigma2, minimum=0.0)
+    _checks.check_number("optimal_workers(eps)", eps, positive=True)
+    tau = jnp.sort(jnp.asarray(times, jnp.float32))
+    m = jnp.arange(1, tau.shape[0] + 1, dtype=jnp.float32)
+    bound = m / jnp.cumsum(1.0 / tau) * (1.0 + jnp.asarray(sigma2, jnp.float32) / (m * eps))
+    return (jnp.argmin(bound) + 1).astype(jnp.int32)
 
 
 def _event_state(state) -> events.EventState:

@@ -1,4 +1,4 @@
-"""Compute-time models: how long a worker takes to compute one gradient.
+r"""Compute-time models: how long a worker takes to compute one gradient.
 
 Every model is a small frozen dataclass registered as a JAX pytree whose fields
 are its parameters (numbers or arrays, possibly traced). A model is sampled from
@@ -21,6 +21,16 @@ times scaled by ``scales[i]``) and :func:`stragglers` (the last fraction ``p`` o
 the workers ``c`` times slower). ``model.expected(worker, num_workers)`` gives the
 expected compute time. :func:`failing` takes a worker down for a while (or for
 good); it depends on the clock, through ``sample_at``.
+
+Heavy tails: :func:`pareto` (and :func:`lognormal` with a large ``sigma``);
+:func:`budgeted` cuts a tail by abandoning and restarting attempts past a time
+budget until one succeeds (MindFlayer's timeout as a clock; MindFlayer SGD's
+rounds of a fixed number of attempts: :func:`asgd_jax.mindflayer`). Time-varying
+speeds (Tyurin's universal computation model: a job of work :math:`W` started at :math:`t_0` ends when
+:math:`\int_{t_0}^t v_i = W`): :func:`piecewise_speed`, :func:`periodic_speed`,
+:func:`random_walk_speed`. Clock-dependent models go outside the clock-free
+wrappers (:func:`per_worker`, :func:`stragglers` and :func:`budgeted` refuse
+them); :func:`failing` composes with all of them.
 """
 
 from __future__ import annotations
@@ -37,8 +47,9 @@ from asgd_jax import _checks
 
 __all__ = [
     "TimingModel", "Fixed", "Normal", "Exponential", "LogNormal", "Uniform", "PerWorker",
-    "Stragglers", "Failing", "fixed", "normal", "exponential", "lognormal", "uniform", "per_worker",
-    "stragglers", "failing", "as_timing", "LAWS", "from_name",
+    "Stragglers", "Failing", "Pareto", "TimeVarying", "Budgeted", "fixed", "normal", "exponential", "lognormal",
+    "uniform", "per_worker", "stragglers", "failing", "pareto", "piecewise_speed", "periodic_speed",
+    "random_walk_speed", "budgeted", "as_timing", "LAWS", "from_name",
 ]
 
 # The base laws :func:`from_name` knows, by name (what a command line or a config file names).
@@ -50,10 +61,13 @@ def _f32(x) -> jax.Array:
 
 
 def _pytree_dataclass(cls):
-    """Frozen dataclass whose fields are all pytree children (traceable parameters)."""
+    """Frozen dataclass whose fields are pytree children (traceable parameters), except those marked
+    ``metadata=dict(static=True)`` (shape-fixing Python ints)."""
     cls = dataclasses.dataclass(frozen=True)(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    return jax.tree_util.register_dataclass(cls, data_fields=names, meta_fields=[])
+    fields = dataclasses.fields(cls)
+    meta = [f.name for f in fields if f.metadata.get("static")]
+    data = [f.name for f in fields if not f.metadata.get("static")]
+    return jax.tree_util.register_dataclass(cls, data_fields=data, meta_fields=meta)
 
 
 class TimingModel:
@@ -275,6 +289,146 @@ class Failing(TimingModel):
         return jnp.where(lost, (back - jnp.where(lost, now, 0.0)) + redo, t)
 
 
+def _clock_dependent(model) -> bool:
+    """Whether ``model`` (or a model it wraps) overrides ``sample_at``: its times depend on the clock."""
+    if type(model).sample_at is not TimingModel.sample_at:
+        return True
+    base = getattr(model, "base", None)
+    return isinstance(base, TimingModel) and _clock_dependent(base)
+
+
+def _refuse_clock(name: str, base) -> None:
+    if _clock_dependent(base):
+        raise ValueError(f"{name}(base): base depends on the clock (failing, time-varying speeds) and {name} "
+                         f"would ignore that; put the clock-dependent model outside, e.g. failing({name}(...), ...).")
+
+
+@_pytree_dataclass
+class Pareto(TimingModel):
+    r"""Pareto times :math:`T = s\,U^{-1/\alpha}`. Build with :func:`pareto`."""
+
+    scale: Any
+    alpha: Any
+
+    def sample(self, key, worker, num_workers=1):
+        del num_workers
+        a = jnp.broadcast_to(_f32(self.alpha), jnp.shape(worker))
+        return _f32(self.scale) * jax.random.pareto(key, a, jnp.shape(worker), jnp.float32)
+
+    def expected(self, worker, num_workers=1):
+        a, s = _f32(self.alpha), _f32(self.scale)
+        value = jnp.where(a > 1, a * s / jnp.where(a > 1, a - 1, 1.0), jnp.inf)
+        return jnp.broadcast_to(value, jnp.shape(worker))
+
+
+def _rows(table, worker, shape):
+    """``table[worker]`` for a per-worker ``[P, K]`` table, else ``table`` broadcast to ``shape + (K,)``."""
+    table = _f32(table)
+    if table.ndim == 2:
+        return table[jnp.asarray(worker, jnp.int32)]
+    return jnp.broadcast_to(table, tuple(shape) + table.shape[-1:])
+
+
+def _take(x, k):
+    return jnp.take_along_axis(x, k[..., None], -1)[..., 0]
+
+
+@_pytree_dataclass
+class TimeVarying(TimingModel):
+    r"""Speeds that vary with the clock (piecewise constant, optionally periodic). Build with
+    :func:`piecewise_speed`, :func:`periodic_speed` or :func:`random_walk_speed`."""
+
+    base: Any
+    breakpoints: Any
+    speeds: Any
+    period: Any
+
+    @property
+    def is_random(self):
+        return self.base.is_random
+
+    def check_workers(self, size):
+        c = _checks.concrete(self.speeds)
+        if c is not None and c.ndim == 2 and c.shape[0] < size:
+            raise ValueError(f"time-varying speeds have {c.shape[0]} rows for {size} workers; give one row "
+                             "per worker (or one row for all).")
+        super().check_workers(size)
+
+    def sample(self, key, worker, num_workers=1):
+        return self.sample_at(key, worker, num_workers, 0.0)
+
+    def expected(self, worker, num_workers=1):
+        return self.base.expected(worker, num_workers)
+
+    def _profile(self, v):
+        """Per segment: its start, the work done before it (``start``) and by its end (``end``)."""
+        b, period = _f32(self.breakpoints), _f32(self.period)
+        periodic = jnp.isfinite(period)
+        length = jnp.concatenate([b[1:], jnp.where(periodic, period, jnp.inf)[None]]) - b
+        finite = jnp.isfinite(length)
+        piece = v * jnp.where(finite, length, 0.0)
+        start = jnp.cumsum(piece, -1) - piece
+        end = start + jnp.where(finite, piece, jnp.where(v > 0, jnp.inf, 0.0))
+        return b, periodic, jnp.where(periodic, period, 1.0), start, end
+
+    def sample_at(self, key, worker, num_workers, now):
+        work = self.base.sample_at(key, worker, num_workers, now)
+        now = jnp.broadcast_to(_f32(now), jnp.shape(work))
+        v = _rows(self.speeds, worker, jnp.shape(work))
+        b, periodic, period, start, end = self._profile(v)
+        K, total = b.shape[0], end[..., -1]                      # total: the work of one period
+        # work done by `now`: whole periods, then the segment `now` lies in
+        m = jnp.where(periodic, jnp.floor(now / period), 0.0)
+        s = now - m * period
+        k = jnp.clip(jnp.sum(b <= s[..., None], -1) - 1, 0, K - 1)
+        target = m * jnp.where(periodic, total, 0.0) + _take(start, k) + _take(v, k) * (s - b[k]) + work
+        # the first time the work reaches `target`
+        per = jnp.where(periodic & (total > 0), total, 1.0)
+        m = jnp.where(periodic, jnp.ceil(target / per) - 1.0, 0.0)
+        r = target - m * jnp.where(periodic, total, 0.0)
+        j = jnp.sum(end < r[..., None], -1)
+        jc = jnp.minimum(j, K - 1)
+        vj = _take(v, jc)
+        t = m * period + b[jc] + jnp.maximum(r - _take(start, jc), 0.0) / jnp.where(vj > 0, vj, 1.0)
+        t = jnp.where(j >= K, jnp.inf, jnp.maximum(t, now))
+        return t - now
+
+
+@_pytree_dataclass
+class Budgeted(TimingModel):
+    r"""Each attempt gets a time budget; an attempt past it is abandoned and restarted. Build with
+    :func:`budgeted`."""
+
+    base: Any
+    budget: Any
+    attempts: int = dataclasses.field(default=32, metadata=dict(static=True))
+
+    @property
+    def is_random(self):
+        return self.base.is_random
+
+    def check_workers(self, size):
+        c = _checks.concrete(self.budget)
+        if c is not None and c.ndim == 1 and c.shape[0] < size:
+            raise ValueError(f"budgeted(budget) has {c.shape[0]} entries for {size} workers; give one per worker.")
+        super().check_workers(size)
+
+    def sample(self, key, worker, num_workers=1):
+        w = jnp.asarray(worker, jnp.int32)
+        draws = self.base.sample(key, jnp.broadcast_to(w, (self.attempts,) + w.shape), num_workers)
+        budget = _f32(self.budget)
+        t = budget[w] if budget.ndim == 1 else jnp.broadcast_to(budget, w.shape)
+        ok = draws <= t
+        first = jnp.argmax(ok, 0)
+        took = first.astype(jnp.float32) * t + jnp.take_along_axis(draws, first[None], 0)[0]
+        return jnp.where(ok.any(0), took, jnp.inf)
+
+    def expected(self, worker, num_workers=1):
+        w = jnp.asarray(worker, jnp.int32)
+        draws = self.sample(jax.random.key(0), jnp.broadcast_to(w, (4096,) + w.shape), num_workers)
+        return jnp.mean(draws, 0)
+
+
 def fixed(time=1.0) -> Fixed:
     r"""Constant compute time: every job takes :math:`T = t`.
 
@@ -418,6 +572,7 @@ def per_worker(base: TimingModel | float, scales) -> PerWorker:
         Array([1., 2., 3.], dtype=float32)
     """
     _checks.check_number("per_worker(scales)", scales, positive=True)
+    _refuse_clock("per_worker", as_timing(base))
     return PerWorker(as_timing(base), scales)
 
 
@@ -452,6 +607,7 @@ def stragglers(base: TimingModel | float, fraction=0.1, slowdown=5.0) -> Straggl
     if c is not None and not (c <= 1).all():
         raise ValueError(f"stragglers(fraction) must be in [0, 1], got {fraction!r}.")
     _checks.check_number("stragglers(slowdown)", slowdown, positive=True)
+    _refuse_clock("stragglers", as_timing(base))
     return Stragglers(as_timing(base), fraction, slowdown)
 
 
@@ -509,6 +665,205 @@ def failing(base: TimingModel | float, worker, fail_at, return_at=float("inf")) 
     if _checks.concrete(fail_at) is not None and np.shape(fail_at) != ():
         raise ValueError(f"failing(fail_at) must be one number, got {fail_at!r}; nest failing for more failures.")
     return Failing(as_timing(base), worker, fail_at, return_at)
+
+
+def pareto(scale=1.0, alpha=2.0) -> Pareto:
+    r"""Heavy-tailed Pareto compute times: :math:`T = s\,U^{-1/\alpha}`, :math:`U \sim U(0, 1]`.
+
+    :math:`P(T > t) = (s/t)^\alpha` for :math:`t \ge s`: the minimum time is :math:`s`,
+    :math:`E[T] = \alpha s/(\alpha - 1)` for :math:`\alpha > 1` (infinite otherwise) and the
+    variance is infinite for :math:`\alpha \le 2`. MindFlayer SGD (Maranjyan et al. 2025) targets
+    such laws; the log-normal with a large :math:`\sigma` is the other heavy tail here.
+
+    Args:
+        scale: :math:`s > 0`, the smallest possible time.
+        alpha: the tail index :math:`\alpha > 0` (smaller: heavier tail).
+
+    Returns:
+        A :class:`Pareto` model (both numbers may be traced).
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from asgd_jax import timing
+        >>> model = timing.pareto(scale=1.0, alpha=3.0)
+        >>> t = model.sample(jax.random.key(0), jnp.zeros(100000, int))
+        >>> bool(t.min() >= 1.0), round(float(t.mean()), 1), float(model.expected(0))
+        (True, 1.5, 1.5)
+    """
+    _checks.check_number("pareto(scale)", scale, positive=True)
+    _checks.check_number("pareto(alpha)", alpha, positive=True)
+    return Pareto(scale, alpha)
+
+
+def _check_profile(name: str, breakpoints, speeds, period) -> None:
+    """One-line errors for a concrete speed profile (see :func:`piecewise_speed`)."""
+    _checks.check_number(f"{name}(breakpoints)", breakpoints, minimum=0.0)
+    _checks.check_number(f"{name}(speeds)", speeds, minimum=0.0)
+    b, v, p = (_checks.concrete(x) for x in (breakpoints, speeds, period))
+    if b is not None:
+        if b.ndim != 1 or b.shape[0] < 1 or b[0] != 0 or not np.all(np.diff(b) > 0):
+            raise ValueError(f"{name}(breakpoints) must be a 1-D increasing array starting at 0, got {breakpoints!r}.")
+    if v is not None and (v.ndim not in (1, 2) or (b is not None and v.shape[-1] != b.shape[0])):
+        raise ValueError(f"{name}(speeds) must have one speed per segment (shape [K] or [workers, K]), "
+                         f"got shape {v.shape}.")
+    if p is not None:
+        p = np.asarray(p, np.float64)
+        if p.shape != () or np.isnan(p) or (b is not None and not p > b[-1]):
+            raise ValueError(f"{name}(period) must be a number past the last breakpoint (inf: not periodic), "
+                             f"got {period!r}.")
+        if v is not None and np.isinf(p) and not np.all(v[..., -1] > 0):
+            raise ValueError(f"{name}: the last speed must be > 0 (a job would never finish); use failing() "
+                             "for a worker that leaves for good.")
+        if v is not None and np.isfinite(p) and not np.all(v.sum(-1) > 0):
+            raise ValueError(f"{name}: a periodic profile needs a positive speed somewhere in the period.")
+
+
+def piecewise_speed(base: TimingModel | float, breakpoints, speeds, period=float("inf")) -> TimeVarying:
+    r"""Time-varying speeds (Tyurin's universal computation model) with piecewise-constant speeds.
+
+    Worker :math:`i` computes at speed :math:`v_i(t)` (work per unit time),
+    :math:`v_i(t) = v_{ik}` for :math:`b_k \le t < b_{k+1}` (the last value holds for
+    ever, or the profile repeats every ``period``). A job of work :math:`W` (a draw
+    of ``base``: its time at speed 1) started at :math:`t_0` ends at the first
+    :math:`t` with
+
+    .. math:: \int_{t_0}^{t} v_i(s)\,ds = W.
+
+    A zero speed is an outage (the job waits); per-worker differences in work go
+    in ``base`` (e.g. :func:`per_worker`). ``expected`` is the base's (the time at
+    speed 1). Nest it inside :func:`failing` if you like; keep it outside
+    :func:`per_worker`, :func:`stragglers` and :func:`budgeted` (they ignore the
+    clock, and refuse it).
+
+    Args:
+        base: the work of one job (any clock-free model, or a number).
+        breakpoints: ``[K]`` segment starts :math:`0 = b_0 < b_1 < \dots`.
+        speeds: ``[K]`` (all workers) or ``[workers, K]`` speeds :math:`v \ge 0`.
+        period: :math:`P > b_{K-1}` to repeat the profile every :math:`P`
+            (segment :math:`K-1` lasts until :math:`P`); ``inf``: no repetition.
+
+    Returns:
+        A :class:`TimeVarying` model (every number may be traced).
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from asgd_jax import timing
+        >>> model = timing.piecewise_speed(2.0, breakpoints=[0.0, 2.0], speeds=[1.0, 0.5])
+        >>> # started at 1: one unit of work by 2, the second at speed 1/2 by 4
+        >>> model.sample_at(jax.random.key(0), jnp.arange(1), 1, 1.0)
+        Array([3.], dtype=float32)
+    """
+    _check_profile("piecewise_speed", breakpoints, speeds, period)
+    return TimeVarying(as_timing(base), breakpoints, speeds, period)
+
+
+def periodic_speed(base: TimingModel | float, period, speeds) -> TimeVarying:
+    r"""Periodic speeds: ``K`` equal segments of a period :math:`P` (day and night, a shared machine).
+
+    :math:`v_i(t) = v_{ik}` for :math:`t \bmod P \in [kP/K, (k+1)P/K)`; a job of
+    work :math:`W` ends when :math:`\int v = W` (:func:`piecewise_speed`).
+
+    Args:
+        base: the work of one job (clock-free model or number).
+        period: :math:`P > 0`.
+        speeds: ``[K]`` or ``[workers, K]`` speeds :math:`\ge 0`, some positive.
+
+    Returns:
+        A :class:`TimeVarying` model.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from asgd_jax import timing
+        >>> model = timing.periodic_speed(3.0, period=4.0, speeds=[1.0, 0.0])  # idle half the time
+        >>> model.sample_at(jax.random.key(0), jnp.arange(1), 1, 1.0)         # work 1..2, 4..6
+        Array([5.], dtype=float32)
+    """
+    _checks.check_number("periodic_speed(period)", period, positive=True)
+    k = np.shape(speeds)[-1] if np.ndim(speeds) else 1
+    breakpoints = jnp.asarray(period, jnp.float32) * jnp.arange(k, dtype=jnp.float32) / k
+    _check_profile("periodic_speed", np.arange(k) / k if _checks.concrete(period) is None else breakpoints,
+                   speeds, period if _checks.concrete(period) is not None else 1.0)
+    return TimeVarying(as_timing(base), breakpoints, speeds, period)
+
+
+def random_walk_speed(base: TimingModel | float, key, num_steps: int, *, step=1.0, sigma=0.5,
+                      workers: int = 1) -> TimeVarying:
+    r"""Speeds that follow a geometric random walk: :math:`\log v` moves by :math:`\sigma Z` every ``step``.
+
+    Worker :math:`i`: :math:`v_{i0} = 1`, :math:`\log v_{i,k+1} = \log v_{ik} + \sigma Z_{ik}`,
+    :math:`Z_{ik} \sim \mathcal N(0, 1)` independent, on segments :math:`[k\delta, (k+1)\delta)`
+    (:math:`\delta` = ``step``) for ``num_steps`` segments; the last speed holds afterwards.
+    The walk is drawn once, from ``key`` (a pytree like any other model, so a vmapped sweep may
+    give every config its own walk); the job's work is a draw of ``base``.
+
+    Args:
+        base: the work of one job (clock-free model or number).
+        key: PRNG key or int seed of the walk.
+        num_steps: static number of segments ``K >= 1``.
+        step: segment length :math:`\delta > 0`.
+        sigma: :math:`\sigma \ge 0` (0: constant speed 1).
+        workers: static number of rows (one walk per worker).
+
+    Returns:
+        A :class:`TimeVarying` model.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from asgd_jax import timing
+        >>> model = timing.random_walk_speed(1.0, key=0, num_steps=100, step=0.5, sigma=0.3, workers=4)
+        >>> model.speeds.shape, bool((model.speeds[:, 0] == 1).all())
+        ((4, 100), True)
+        >>> t = model.sample_at(jax.random.key(1), jnp.arange(4), 4, 10.0)
+        >>> bool((t > 0).all())
+        True
+    """
+    num_steps = _checks.python_int("random_walk_speed(num_steps)", num_steps, 1)
+    workers = _checks.python_int("random_walk_speed(workers)", workers, 1)
+    _checks.check_number("random_walk_speed(step)", step, positive=True)
+    _checks.check_number("random_walk_speed(sigma)", sigma, minimum=0.0)
+    z = jax.random.normal(_checks.as_key(key), (workers, num_steps - 1), jnp.float32)
+    log_v = jnp.concatenate([jnp.zeros((workers, 1)), jnp.cumsum(_f32(sigma) * z, -1)], -1)
+    breakpoints = _f32(step) * jnp.arange(num_steps, dtype=jnp.float32)
+    return TimeVarying(as_timing(base), breakpoints, jnp.exp(log_v), jnp.inf)
+
+
+def budgeted(base: TimingModel | float, budget, attempts: int = 32) -> Budgeted:
+    r"""Time budgets: an attempt longer than the budget is abandoned and restarted until one succeeds.
+
+    Worker :math:`i` draws attempt times :math:`T_1, T_2, \dots` from ``base``; an
+    attempt with :math:`T_j > t_i` is stopped at :math:`t_i` and a new one starts
+    (a fresh sample, so the gradient is a new draw too). The job takes
+
+    .. math:: (J - 1)\,t_i + T_J, \qquad J = \min\{j : T_j \le t_i\},
+
+    and :math:`\infty` if none of the first ``attempts`` succeeds (so a budget
+    below a fixed time never finishes). With a heavy-tailed base this cuts the
+    tail at the price of restarts. ``expected`` is a Monte Carlo mean (4096
+    draws, a fixed key). This is MindFlayer SGD's timeout ("if the timeout
+    expires, resend the request") as a clock for any server; MindFlayer itself
+    makes a fixed number of attempts per worker and round and keeps only the
+    successful ones: :func:`asgd_jax.mindflayer`.
+
+    Args:
+        base: a clock-free model (or a number).
+        budget: :math:`t_i > 0`, one number or one per worker.
+        attempts: static cap on the attempts of one job (``>= 1``).
+
+    Returns:
+        A :class:`Budgeted` model (``budget`` may be traced).
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from asgd_jax import timing
+        >>> model = timing.budgeted(timing.pareto(1.0, 0.8), budget=2.0)   # infinite-mean times
+        >>> t = model.sample(jax.random.key(0), jnp.zeros(50000, int))
+        >>> bool(jnp.isfinite(t).all()), round(float(t.mean()), 1)   # 2 (1 - p)/p + E[T | T <= 2]
+        (True, 4.1)
+    """
+    _refuse_clock("budgeted", as_timing(base))
+    _checks.check_number("budgeted(budget)", budget, positive=True)
+    attempts = _checks.python_int("budgeted(attempts)", attempts, 1)
+    return Budgeted(as_timing(base), budget, attempts)
 
 
 def as_timing(model) -> TimingModel:
