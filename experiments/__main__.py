@@ -20,6 +20,7 @@ STUDIES = {
     "downpour": "experiments.downpour",
     "heterogeneous": "experiments.heterogeneous",
     "ad_psgd": "experiments.ad_psgd",
+    "transformer_async": "experiments.transformer_async",
 }
 
 
