@@ -479,10 +479,10 @@ def parse_model(name: str) -> tuple[str, dict]:
 
     >>> parse_model("transformer:layers=1,width=64")
     ('transformer', {'layers': 1, 'width': 64, 'heads': 4, 'context': 128, 'mlp': 4, 'positions': 'learned'})
-    >>> parse_model("transformer:depth=2")
+    >>> parse_model("transformer:depth=2")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: unknown transformer option 'depth' in 'transformer:depth=2'; use layers, width, heads, context, mlp, positions.
+    ValueError: unknown transformer option 'depth' in 'transformer:depth=2'; use layers, width, heads, ...
     """
     if not isinstance(name, str):
         raise ValueError(f"model must be a string, got {type(name).__name__}.")

@@ -357,11 +357,12 @@ def report(ctx, best: dict, found: list[dict]) -> str:
                 continue
             t, t_sync = b.get("time_to_target"), best.get((n, "sync"), {}).get("time_to_target")
             speed = None if t is None or t_sync is None or t <= 0 else t_sync / t
-            rows.append([n, LABELS[m], f"{b['lr']:g}", _fmt(b["final"]), _fmt(b["accuracy"][-1] if b["accuracy"]
-                                                                              else None),
+            per_lr = (b["all"].get(lr, (None, False)) for lr in lrs)
+            rows.append([n, LABELS[m], f"{b['lr']:g}", _fmt(b["final"]),
+                         _fmt(b["accuracy"][-1] if b["accuracy"] else None),
                          _fmt(b["time"][-1] if b["time"] else None, 1), _fmt(t, 1),
                          "–" if speed is None else f"{speed:.2f}x",
-                         " ".join("†" if d else _fmt(f, 2) for f, d in (b["all"].get(lr, (None, False)) for lr in lrs))])
+                         " ".join("†" if d else _fmt(f, 2) for f, d in per_lr)])
     table = curves.markdown_table(
         ["N", "method", "best lr", "final bits/byte", "next-byte accuracy", "simulated time at end",
          "time to sync's final loss", "speed-up vs sync", "final bits/byte per lr (" + ", ".join(f"{v:g}" for v in lrs)

@@ -315,3 +315,17 @@ def test_fortunes_corpus_reads_as_utf8_text():
     n_test = len(data) // 10
     assert ds.num_test == (n_test - 129) // 128 + 1
     assert bytes(ds.x_test[0].astype(np.uint8)) == data[len(data) - n_test:][:128]
+
+
+def test_per_worker_text_shards_train_and_count_each_workers_gradients():
+    ds = text_dataset(_text(3000), context=8, test_fraction=0.2)
+    cfg = TrainConfig(model=SMALL, optimizer="adam", batch_size=4, epochs=1, steps_per_epoch=12, system="async",
+                      max_workers=3, data_split="contiguous")
+    m = jax.jit(make_train(cfg, ds))(jax.random.key(0), {"learning_rate": 3e-3, "workers": 3})
+    # asynchronous, nothing dropped: every arrival is used, so the per-worker counts add up to the server steps
+    # (12 gradients, the first 2 only fill the pool of 3 workers)
+    assert int(m["worker_gradients"][-1].sum()) == int(m["server_steps"][-1]) == 10
+    assert np.isfinite(float(m["bits_per_byte"][-1])) and m["per_class_accuracy"].shape == (1, 256)
+    with pytest.raises(ValueError, match="text has none"):
+        Trainer(TrainConfig(model=SMALL, batch_size=4, epochs=1, system="async", max_workers=2, data_split="label"),
+                ds)

@@ -151,10 +151,11 @@ def test_missing_default_corpus_names_the_fix(capsys, monkeypatch):
 def test_empty_or_short_text_is_one_line_before_training(tmp_path, capsys):
     empty = tmp_path / "empty.txt"
     empty.write_bytes(b"")
-    assert main(["transformer_async", "--preset", "tiny", "--data", f"text:{empty}", "--out", str(tmp_path / "o")]) == 2
+    tiny = ["transformer_async", "--preset", "tiny"]
+    assert main([*tiny, "--data", f"text:{empty}", "--out", str(tmp_path / "o")]) == 2
     assert "the text is empty" in capsys.readouterr().err
     short = tmp_path / "short.txt"
     short.write_text("too short for a window of 32 bytes")
-    assert main(["transformer_async", "--preset", "tiny", "--data", f"text:{short}", "--out", str(tmp_path / "p")]) == 2
+    assert main([*tiny, "--data", f"text:{short}", "--out", str(tmp_path / "p")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "context 32 is longer than its" in err
