@@ -281,7 +281,14 @@ def _transformer_rows(args) -> list[dict]:
     t = opts["context"]
     stream = np.random.default_rng(0).integers(0, 256, 4096 * t + 16 * t + 1).astype(np.uint8)
     ds = text_dataset(stream, t, None, test=stream[-(16 * t + 1):], name="random-bytes")
-    rows = []
+    rows, torch_rates = [], {}
+    if args.torch:  # PyTorch first: XLA's CPU threads, once started, slow PyTorch's OpenMP threads in this process
+        from experiments import torch_baseline
+
+        for b in batches:
+            torch_rates[b] = torch_baseline.measure_transformer(
+                b, layers=opts["layers"], width=opts["width"], heads=opts["heads"], context=t, steps=steps,
+                threads=os.cpu_count() or 1, epochs=3)
     for b in batches:
         trainer = Trainer(TrainConfig(model=args.transformer, optimizer="adam", batch_size=b, epochs=2,
                                       steps_per_epoch=steps), ds)
@@ -293,12 +300,8 @@ def _transformer_rows(args) -> list[dict]:
                          "engine": label == engine})
             print(f"batch {b:4d} x {t} tokens  {label:<22} {rate:10.0f} config-tokens/s", flush=True)
         if args.torch:
-            from experiments import torch_baseline
-
             label = f"torch, {os.cpu_count() or 1} threads"
-            rate = torch_baseline.measure_transformer(b, layers=opts["layers"], width=opts["width"],
-                                                      heads=opts["heads"], context=t, steps=steps,
-                                                      threads=os.cpu_count() or 1)
+            rate = torch_rates[b]
             rows.append({"batch_size": b, "driver": label, "configs": 1, "tokens_per_s": rate, "torch": True})
             print(f"batch {b:4d} x {t} tokens  {label:<22} {rate:10.0f} tokens/s", flush=True)
     for b in batches:
