@@ -6,7 +6,7 @@ training run is one jitted program and a sweep is ``jit(vmap(train))``.
 """
 
 from asgd_jax.delay import DelayedState, delayed
-from asgd_jax.models import LeNet5, MLP, ResNet20, count_params, make_model
+from asgd_jax.models import LeNet5, MLP, ResNet20, Transformer, count_params, make_model
 from asgd_jax.train import (
     OPTIMIZERS,
     TrainConfig,
@@ -48,6 +48,7 @@ __all__ = [
     "LeNet5",
     "MLP",
     "ResNet20",
+    "Transformer",
     "count_params",
     "make_model",
     "OPTIMIZERS",

@@ -1,11 +1,13 @@
-"""In-memory image classification data sets, and pure helpers to build them.
+"""In-memory data sets (image classification, byte-level text), and pure helpers to build them.
 
 This module does no file I/O: it turns arrays (or raw bytes handed to it) into a
 :class:`Dataset`. Reading files, TFDS and the bundled scikit-learn digits lives in
 ``experiments/sources.py``.
 
 Conventions: images are float32 NHWC arrays with values in ``[0, 1]``; labels are
-int32 arrays of shape ``(N,)`` with values in ``[0, num_classes)``.
+int32 arrays of shape ``(N,)`` with values in ``[0, num_classes)``. Text
+(:func:`text_dataset`) is windows of byte tokens: ``x`` int32 ``(N, T)``, ``y``
+int32 ``(N, T)`` the same window shifted by one byte, ``num_classes = 256``.
 
 Example:
 
@@ -33,7 +35,13 @@ __all__ = [
     "images_to_float",
     "make_dataset",
     "digits_to_mnist_frame",
+    "byte_windows",
+    "text_dataset",
+    "BYTE_VOCAB",
 ]
+
+#: The vocabulary of byte-level text: every byte value is a token.
+BYTE_VOCAB = 256
 
 
 def _size(x: Any) -> int:
@@ -42,13 +50,15 @@ def _size(x: Any) -> int:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Dataset:
-    """A train/test image classification data set held in memory.
+    """A train/test data set held in memory: image classification, or next-token text.
 
     Attributes:
-      x_train: float32 images, shape ``(N_train, H, W, C)``, values in ``[0, 1]``.
-      y_train: int32 labels, shape ``(N_train,)``, values in ``[0, num_classes)``.
-      x_test: float32 images, shape ``(N_test, H, W, C)``, values in ``[0, 1]``.
-      y_test: int32 labels, shape ``(N_test,)``.
+      x_train: float32 images, shape ``(N_train, H, W, C)``, values in ``[0, 1]``;
+        or (text) int32 token windows ``(N_train, T)`` in ``[0, num_classes)``.
+      y_train: int32 labels, shape ``(N_train,)``, values in ``[0, num_classes)``;
+        or (text) int32 next tokens ``(N_train, T)``: ``y[i, t]`` follows ``x[i, t]``.
+      x_test: like ``x_train``, ``N_test`` examples.
+      y_test: like ``y_train``.
       num_classes: number of classes.
       name: a short human-readable name (e.g. ``"digits"``, ``"tfds:mnist"``).
 
@@ -92,46 +102,58 @@ class Dataset:
                     f"Dataset {name!r}: x_{part} and y_{part} must be arrays "
                     f"(got {type(x).__name__} and {type(y).__name__}); wrap them with np.asarray"
                 )
-            if x.ndim != 4:
-                raise ValueError(
-                    f"Dataset {name!r}: x_{part} must be 4-D (N, H, W, C), got shape {tuple(x.shape)}; "
-                    "use images_to_float to add the channel axis"
-                )
-            if y.ndim != 1:
-                raise ValueError(f"Dataset {name!r}: y_{part} must be 1-D (N,), got shape {tuple(y.shape)}")
-            if x.shape[0] != y.shape[0]:
-                raise ValueError(
-                    f"Dataset {name!r}: x_{part} has {x.shape[0]} images but y_{part} has {y.shape[0]} labels"
-                )
-            if x.dtype != np.float32:
-                raise ValueError(
-                    f"Dataset {name!r}: x_{part} must be float32, got {x.dtype}; use images_to_float"
-                )
-            if y.dtype != np.int32:
-                raise ValueError(
-                    f"Dataset {name!r}: y_{part} must be int32, got {y.dtype}; use make_dataset or y.astype(np.int32)"
-                )
-            if _size(y):
-                lo, hi = int(y.min()), int(y.max())
-                if lo < 0 or hi >= nc:
-                    raise ValueError(
-                        f"Dataset {name!r}: y_{part} has labels in [{lo}, {hi}], outside [0, {nc}); "
-                        "fix the labels or num_classes"
-                    )
-            if _size(x):
-                lo, hi = float(x.min()), float(x.max())
-                if not (0.0 <= lo and hi <= 1.0):
-                    raise ValueError(
-                        f"Dataset {name!r}: x_{part} has values in [{lo}, {hi}], outside [0, 1]; "
-                        "use images_to_float with the right max_value"
-                    )
+            if self.is_text:
+                self._check_text(part, x, y)
+            else:
+                self._check_images(part, x, y)
         if self.num_train == 0:
             raise ValueError(f"Dataset {name!r}: the training set is empty")
         if tuple(self.x_test.shape[1:]) != tuple(self.x_train.shape[1:]):
+            what = "windows" if self.is_text else "images"
             raise ValueError(
-                f"Dataset {name!r}: train images are {tuple(self.x_train.shape[1:])} but test images are "
+                f"Dataset {name!r}: train {what} are {tuple(self.x_train.shape[1:])} but test {what} are "
                 f"{tuple(self.x_test.shape[1:])}; they must match"
             )
+
+    def _check_images(self, part: str, x: Any, y: Any) -> None:
+        name, nc = self.name, self.num_classes
+        if x.ndim != 4:
+            raise ValueError(
+                f"Dataset {name!r}: x_{part} must be 4-D (N, H, W, C), got shape {tuple(x.shape)}; "
+                "use images_to_float to add the channel axis"
+            )
+        if y.ndim != 1:
+            raise ValueError(f"Dataset {name!r}: y_{part} must be 1-D (N,), got shape {tuple(y.shape)}")
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(
+                f"Dataset {name!r}: x_{part} has {x.shape[0]} images but y_{part} has {y.shape[0]} labels"
+            )
+        if x.dtype != np.float32:
+            raise ValueError(f"Dataset {name!r}: x_{part} must be float32, got {x.dtype}; use images_to_float")
+        _check_labels(name, part, y, nc, "y")
+        if _size(x):
+            lo, hi = float(x.min()), float(x.max())
+            if not (0.0 <= lo and hi <= 1.0):
+                raise ValueError(
+                    f"Dataset {name!r}: x_{part} has values in [{lo}, {hi}], outside [0, 1]; "
+                    "use images_to_float with the right max_value"
+                )
+
+    def _check_text(self, part: str, x: Any, y: Any) -> None:
+        name = self.name
+        if tuple(y.shape) != tuple(x.shape) or y.dtype != np.int32:
+            raise ValueError(
+                f"Dataset {name!r}: text y_{part} must be int32 of x_{part}'s shape {tuple(x.shape)}, got "
+                f"{y.dtype} {tuple(y.shape)}; use text_dataset"
+            )
+        _check_labels(name, part, x, self.num_classes, "x")
+        _check_labels(name, part, y, self.num_classes, "y")
+
+    @property
+    def is_text(self) -> bool:
+        """True for token windows (``x_train`` int32 of shape ``(N, T)``), False for images."""
+        x = self.x_train
+        return getattr(x, "ndim", 0) == 2 and x.dtype == np.int32
 
     @property
     def num_train(self) -> int:
@@ -144,8 +166,8 @@ class Dataset:
         return int(self.x_test.shape[0])
 
     @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """Shape ``(H, W, C)`` of one image."""
+    def image_shape(self) -> tuple[int, ...]:
+        """Shape ``(H, W, C)`` of one image (text: ``(T,)``, the window length)."""
         return tuple(int(d) for d in self.x_train.shape[1:])  # type: ignore[return-value]
 
     def to_device(self, device: Any = None) -> "Dataset":
@@ -162,6 +184,22 @@ class Dataset:
             x_test=put(self.x_test),
             y_test=put(self.y_test),
         )
+
+
+def _check_labels(name: str, part: str, y: Any, nc: int, which: str) -> None:
+    if y.dtype != np.int32:
+        raise ValueError(
+            f"Dataset {name!r}: {which}_{part} must be int32, got {y.dtype}; use make_dataset or "
+            f"{which}.astype(np.int32)"
+        )
+    if _size(y):
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi >= nc:
+            raise ValueError(
+                f"Dataset {name!r}: {which}_{part} has {'labels' if which == 'y' else 'tokens'} in [{lo}, {hi}], "
+                f"outside [0, {nc}); "
+                "fix the labels or num_classes"
+            )
 
 
 # IDX format: http://yann.lecun.com/exdb/mnist/ (bottom of the page).
@@ -365,3 +403,101 @@ def digits_to_mnist_frame(images_8x8: Any) -> np.ndarray:
     big = jnp.clip(big, 0.0, 1.0)
     framed = jnp.pad(big, ((0, 0), (4, 4), (4, 4)))
     return np.asarray(framed, dtype=np.float32)[..., None]
+
+
+def _as_byte_stream(data: Any, what: str) -> np.ndarray:
+    """``bytes`` / ``bytearray`` / ``memoryview`` / an integer array in ``[0, 256)`` → a 1-D uint8 array."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return np.frombuffer(bytes(data), np.uint8)
+    if isinstance(data, str):
+        raise ValueError(f"{what}: pass bytes (e.g. text.encode('utf-8')), not str")
+    a = np.asarray(data)
+    if a.ndim != 1 or not (np.issubdtype(a.dtype, np.integer) or a.size == 0):
+        raise ValueError(f"{what}: expected bytes or a 1-D integer array, got {a.dtype} of shape {a.shape}")
+    if a.size and (a.min() < 0 or a.max() >= BYTE_VOCAB):
+        raise ValueError(f"{what}: byte values must lie in [0, 255], got [{a.min()}, {a.max()}]")
+    return a.astype(np.uint8)
+
+
+def byte_windows(stream: Any, context: int, stride: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    r"""Next-byte windows of a byte stream: ``x[i] = s[i·r : i·r + T]``, ``y[i] = s[i·r + 1 : i·r + T + 1]``.
+
+    With ``T`` = ``context`` and ``r`` = ``stride`` (default ``T``: windows of
+    ``x`` that do not overlap), every window whose target ends inside the
+    stream: :math:`\lfloor (L - T - 1) / r \rfloor + 1` windows of a stream of
+    :math:`L \ge T + 1` bytes, none of a shorter one.
+
+    Returns:
+      ``(x, y)``, int32 arrays of shape ``(N, T)``.
+
+    >>> x, y = byte_windows(b"abcdefg", 3, stride=2)
+    >>> bytes(x[1].astype("u1")), bytes(y[1].astype("u1")), x.shape
+    (b'cde', b'def', (2, 3))
+    """
+    s = _as_byte_stream(stream, "byte_windows")
+    t = int(context)
+    r = t if stride is None else int(stride)
+    if t < 1 or r < 1:
+        raise ValueError(f"byte_windows: context and stride must be positive integers, got {context!r}, {stride!r}")
+    n = (len(s) - t - 1) // r + 1 if len(s) >= t + 1 else 0
+    starts = r * np.arange(n)[:, None] + np.arange(t)[None, :]
+    s32 = s.astype(np.int32)
+    return s32[starts], s32[starts + 1]
+
+
+def text_dataset(
+    data: Any,
+    context: int,
+    test_fraction: float | None = 0.1,
+    *,
+    test: Any = None,
+    stride: int | None = None,
+    max_test_windows: int | None = None,
+    name: str = "text",
+) -> Dataset:
+    r"""A byte-level language-modelling :class:`Dataset` from a byte stream (no tokenizer: vocabulary 256).
+
+    The stream of :math:`L` bytes is split once, at a fixed place: the last
+    :math:`\lfloor f L \rfloor` bytes (``f`` = ``test_fraction``) are the test
+    text, the rest the training text (or ``test`` gives the test text, e.g. a
+    TFDS test split, and ``test_fraction`` must be ``None``). Each part is cut
+    into windows by :func:`byte_windows` (``x`` a window of ``T`` = ``context``
+    bytes, ``y`` the same window shifted by one byte; ``stride`` default ``T``).
+    ``max_test_windows`` keeps that many test windows, evenly spaced over the
+    test text (indices ``round(linspace(0, n − 1, k))``), for a cheaper evaluation.
+
+    Raises:
+      ValueError: (one line) an empty stream, a context longer than the
+        training or test text allows (each needs ``T + 1`` bytes), a fraction
+        outside ``(0, 1)``.
+
+    >>> ds = text_dataset(bytes(range(20)), context=4, test_fraction=0.25)
+    >>> ds.num_train, ds.num_test, ds.num_classes, ds.x_train[1].tolist(), ds.y_test[0].tolist()
+    (3, 1, 256, [4, 5, 6, 7], [16, 17, 18, 19])
+    """
+    s = _as_byte_stream(data, f"text {name!r}")
+    if len(s) == 0:
+        raise ValueError(f"text {name!r} is empty; give a non-empty text")
+    if test is None:
+        f = 0.1 if test_fraction is None else float(test_fraction)
+        if not 0.0 < f < 1.0:
+            raise ValueError(f"text {name!r}: test_fraction must lie in (0, 1), got {test_fraction!r}")
+        n_test = int(np.floor(f * len(s)))
+        train, test_s = s[: len(s) - n_test], s[len(s) - n_test :]
+    else:
+        if test_fraction is not None:
+            raise ValueError(f"text {name!r}: give either a test text or a test_fraction, not both")
+        train, test_s = s, _as_byte_stream(test, f"test text {name!r}")
+    for part, stream in (("training", train), ("test", test_s)):
+        if len(stream) < int(context) + 1:
+            fix = "a shorter context or more text" + (" (or a larger test_fraction)" if part == "test" else "")
+            raise ValueError(
+                f"text {name!r}: context {context} is longer than its {part} text allows ({len(stream)} bytes; "
+                f"a window needs context + 1 = {int(context) + 1}); use {fix}"
+            )
+    x_tr, y_tr = byte_windows(train, context, stride)
+    x_te, y_te = byte_windows(test_s, context, stride)
+    if max_test_windows is not None and int(max_test_windows) < len(x_te):
+        keep = np.round(np.linspace(0, len(x_te) - 1, max(1, int(max_test_windows)))).astype(np.int64)
+        x_te, y_te = x_te[keep], y_te[keep]
+    return Dataset(x_tr, y_tr, x_te, y_te, num_classes=BYTE_VOCAB, name=name)

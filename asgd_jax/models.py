@@ -1,4 +1,5 @@
-"""Models: LeNet-5 as in Jain et al. (2018), a small MLP and ResNet-20 for CIFAR-10 (flax.linen).
+"""Models: LeNet-5 as in Jain et al. (2018), a small MLP, ResNet-20 for CIFAR-10 and a byte-level
+decoder-only Transformer language model (flax.linen).
 
 Training code sees parameters as plain pytrees (nested dicts of arrays), so
 ``model.init(key, x)["params"]`` goes straight into an optax optimizer.
@@ -13,7 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["LeNet5", "MLP", "ResNet20", "MODELS", "make_model", "count_params"]
+__all__ = ["LeNet5", "MLP", "ResNet20", "Transformer", "MODELS", "TRANSFORMER_KEYS", "parse_model", "make_model",
+           "sinusoidal_positions", "count_params"]
 
 
 class _PatchConv(nn.Module):
@@ -343,14 +345,188 @@ class ResNet20(nn.Module):
         return x.reshape(lead + (self.num_classes,))
 
 
-MODELS = {"lenet5": LeNet5, "mlp": MLP, "resnet20": ResNet20}
+class _Block(nn.Module):
+    """One pre-LayerNorm decoder block: ``x + attn(LN(x))``, then ``x + mlp(LN(x))``; see :class:`Transformer`."""
+
+    width: int
+    heads: int
+    mlp_ratio: int
+
+    @nn.compact
+    def __call__(self, x, mask):
+        y = nn.LayerNorm(name="ln1")(x)
+        y = nn.MultiHeadDotProductAttention(num_heads=self.heads, qkv_features=self.width, out_features=self.width,
+                                            deterministic=True, name="attn")(y, mask=mask)
+        x = x + y
+        y = nn.LayerNorm(name="ln2")(x)
+        y = nn.Dense(self.mlp_ratio * self.width, name="mlp_in")(y)
+        y = nn.Dense(self.width, name="mlp_out")(nn.gelu(y))
+        return x + y
+
+
+def sinusoidal_positions(length: int, width: int) -> np.ndarray:
+    r"""Vaswani et al.'s fixed position encodings, ``(length, width)`` float32.
+
+    :math:`P_{t, 2i} = \sin(t / 10000^{2i/d})`, :math:`P_{t, 2i+1} = \cos(t / 10000^{2i/d})` for
+    :math:`d` = ``width`` (even).
+
+    >>> [round(float(v), 3) for v in sinusoidal_positions(3, 4)[1]]   # t = 1: sin 1, cos 1, sin .01, cos .01
+    [0.841, 0.54, 0.01, 1.0]
+    """
+    t = np.arange(length, dtype=np.float64)[:, None]
+    freq = 1.0 / 10000.0 ** (np.arange(0, width, 2, dtype=np.float64) / width)
+    out = np.zeros((length, width), np.float64)
+    out[:, 0::2], out[:, 1::2] = np.sin(t * freq), np.cos(t * freq)
+    return out.astype(np.float32)
+
+
+class Transformer(nn.Module):
+    r"""A pre-LayerNorm decoder-only Transformer language model (Vaswani et al. 2017, GPT-style).
+
+    Input: int32 tokens ``(..., T)`` with ``T <= context`` (leading axes are
+    batch axes); output: logits ``(..., T, vocab_size)``, position ``t``
+    predicting token ``t + 1``. With width :math:`d`, :math:`h` heads of
+    width :math:`d_h = d / h`:
+
+    - :math:`x_0 = E[\text{tokens}] + P_{0..T-1}` (token embedding ``nn.Embed``;
+      positions ``P`` learned, ``normal(0.02)``, or fixed sinusoids, ``positions``);
+    - ``layers`` blocks :math:`x \leftarrow x + \mathrm{Attn}(\mathrm{LN}(x))`,
+      :math:`x \leftarrow x + W_2\,\mathrm{gelu}(W_1 \mathrm{LN}(x))`, where
+      :math:`\mathrm{Attn}` is ``nn.MultiHeadDotProductAttention``: per head
+      :math:`\mathrm{softmax}(q k^\top / \sqrt{d_h} + M)\, v`, with the causal
+      mask :math:`M_{ts} = -\infty` for :math:`s > t` (``nn.make_causal_mask``),
+      heads concatenated and projected back to :math:`d`; :math:`W_1` has
+      ``mlp_ratio`` · :math:`d` outputs;
+    - a final LayerNorm and a dense layer to ``vocab_size`` logits.
+
+    No dropout and no batch statistics: the training state is the parameters
+    alone, and one sequence's logits (so its gradient) do not depend on the other
+    sequences of its batch. Build it from a spec with :func:`make_model`, e.g.
+    ``make_model("transformer:layers=2,width=128,heads=4,context=128", 256)``.
+
+    Args:
+        vocab_size: tokens (256 for bytes); the output logits.
+        layers: decoder blocks.
+        width: model width :math:`d` (a multiple of ``heads``).
+        heads: attention heads.
+        context: the longest sequence (the learned position table's length).
+        mlp_ratio: the MLP's hidden width over :math:`d`.
+        positions: ``"learned"`` or ``"sinusoidal"``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from asgd_jax import Transformer, count_params
+        >>> model = Transformer(layers=1, width=32, heads=4, context=16)
+        >>> params = model.init(jax.random.key(0), jnp.zeros((1, 16), jnp.int32))["params"]
+        >>> model.apply({"params": params}, jnp.zeros((2, 3, 16), jnp.int32)).shape
+        (2, 3, 16, 256)
+        >>> count_params(params)   # embed 8192 + positions 512 + block 12704 + final LN 64 + head 8448
+        29920
+    """
+
+    vocab_size: int = 256
+    layers: int = 2
+    width: int = 128
+    heads: int = 4
+    context: int = 128
+    mlp_ratio: int = 4
+    positions: str = "learned"
+
+    @nn.compact
+    def __call__(self, tokens):
+        _check_transformer(self.layers, self.width, self.heads, self.context, self.mlp_ratio, self.positions)
+        t = tokens.shape[-1]
+        if t > self.context:
+            raise ValueError(f"Transformer: sequences of {t} tokens exceed its context of {self.context}; "
+                             "use a longer context or shorter windows.")
+        x = nn.Embed(self.vocab_size, self.width, name="embed")(tokens)
+        if self.positions == "learned":
+            pos = self.param("pos_embedding", nn.initializers.normal(0.02), (self.context, self.width), jnp.float32)
+            x = x + pos[:t]
+        else:
+            x = x + jnp.asarray(sinusoidal_positions(t, self.width))
+        mask = nn.make_causal_mask(tokens)
+        for i in range(self.layers):
+            x = _Block(self.width, self.heads, self.mlp_ratio, name=f"block{i}")(x, mask)
+        x = nn.LayerNorm(name="ln_final")(x)
+        return nn.Dense(self.vocab_size, name="head")(x)
+
+
+# The keys of a "transformer:key=value,..." spec, with their types and defaults.
+TRANSFORMER_KEYS = {"layers": 2, "width": 128, "heads": 4, "context": 128, "mlp": 4, "positions": "learned"}
+
+
+def _check_transformer(layers, width, heads, context, mlp, positions) -> None:
+    for k, v in (("layers", layers), ("width", width), ("heads", heads), ("context", context), ("mlp", mlp)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"transformer: {k} must be a positive integer, got {v!r}.")
+    if width % heads:
+        raise ValueError(f"transformer: heads={heads} does not divide width={width}; choose a width that is a "
+                         f"multiple of the heads (e.g. width={heads * max(1, round(width / heads))}).")
+    if positions not in ("learned", "sinusoidal"):
+        raise ValueError(f"transformer: positions must be 'learned' or 'sinusoidal', got {positions!r}.")
+    if positions == "sinusoidal" and width % 2:
+        raise ValueError(f"transformer: sinusoidal positions need an even width, got {width}.")
+
+
+def parse_model(name: str) -> tuple[str, dict]:
+    """Checks a model spec and returns ``(family, options)``; a one-line ``ValueError`` if it is bad.
+
+    A spec is a name of :data:`MODELS`, or ``"transformer:key=value,..."`` with
+    keys of :data:`TRANSFORMER_KEYS` (``layers``, ``width``, ``heads``,
+    ``context``, ``mlp``: the MLP ratio, ``positions``: ``learned`` or
+    ``sinusoidal``); keys left out take their defaults.
+
+    >>> parse_model("transformer:layers=1,width=64")
+    ('transformer', {'layers': 1, 'width': 64, 'heads': 4, 'context': 128, 'mlp': 4, 'positions': 'learned'})
+    >>> parse_model("transformer:depth=2")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown transformer option 'depth' in 'transformer:depth=2'; use layers, width, heads, ...
+    """
+    if not isinstance(name, str):
+        raise ValueError(f"model must be a string, got {type(name).__name__}.")
+    family, sep, rest = name.partition(":")
+    if family not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)} "
+                         "(e.g. transformer:layers=2,width=128,heads=4,context=128).")
+    if family != "transformer":
+        if sep:
+            raise ValueError(f"model {family!r} takes no options; write {family!r}.")
+        return family, {}
+    opts = dict(TRANSFORMER_KEYS)
+    for item in rest.split(",") if rest else []:
+        key, eq, value = (part.strip() for part in item.partition("="))
+        if key not in TRANSFORMER_KEYS:
+            raise ValueError(f"unknown transformer option {key!r} in {name!r}; use {', '.join(TRANSFORMER_KEYS)}.")
+        if not eq or not value:
+            raise ValueError(f"transformer option {key!r} in {name!r} needs a value, e.g. {key}="
+                             f"{TRANSFORMER_KEYS[key]}.")
+        if key == "positions":
+            opts[key] = value
+        else:
+            try:
+                opts[key] = int(value)
+            except ValueError:
+                raise ValueError(f"transformer option {key}={value!r} in {name!r} is not an integer.") from None
+    _check_transformer(opts["layers"], opts["width"], opts["heads"], opts["context"], opts["mlp"], opts["positions"])
+    return family, opts
+
+
+MODELS = {"lenet5": LeNet5, "mlp": MLP, "resnet20": ResNet20, "transformer": Transformer}
 
 
 def make_model(name: str, num_classes: int = 10) -> nn.Module:
-    """Returns the model called ``name`` (one of :data:`MODELS`)."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}.")
-    return MODELS[name](num_classes=num_classes)
+    """Returns the model of spec ``name`` (see :func:`parse_model`); ``num_classes`` is a Transformer's vocabulary.
+
+    >>> make_model("transformer:layers=1,width=32,heads=2,context=8", 256).heads
+    2
+    """
+    family, opts = parse_model(name)
+    if family == "transformer":
+        return Transformer(vocab_size=num_classes, layers=opts["layers"], width=opts["width"], heads=opts["heads"],
+                           context=opts["context"], mlp_ratio=opts["mlp"], positions=opts["positions"])
+    return MODELS[family](num_classes=num_classes)
 
 
 def count_params(params) -> int:

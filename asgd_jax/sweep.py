@@ -43,6 +43,7 @@ __all__ = [
     "STATIC_FIELDS",
     "ASYNC_STATIC_FIELDS",
     "OPTIONAL_STATIC_FIELDS",
+    "GENERAL_OPTIONAL_FIELDS",
     "DESCRIPTIVE_FIELDS",
     "Group",
     "expand_grid",
@@ -75,6 +76,9 @@ ASYNC_STATIC_FIELDS = ("system", "max_workers", "server_rule", "compensation", "
 # that do not use them keep their config_id): server rules by name, per-worker data, per-worker times.
 OPTIONAL_STATIC_FIELDS = ("rules", "data_split", "split_alpha", "worker_times", "topology", "network", "shards",
                           "failures")
+# Static fields of every config present only when they differ from their defaults (so configs that do
+# not use them keep their config_id): ``steps_per_epoch`` (evaluation periods shorter than a pass).
+GENERAL_OPTIONAL_FIELDS = ("steps_per_epoch",)
 # Fields that describe a config without entering training (they enter config_id and grouping).
 DESCRIPTIVE_FIELDS = ("data",)
 _CONFIG_DEFAULTS = {"model": "lenet5", "optimizer": "sgd", "seed": 0, "delay": 0}
@@ -116,6 +120,10 @@ def normalize_config(config: Mapping[str, Any], num_train: int | None = None) ->
     if missing:
         raise ValueError(f"config {dict(config)} lacks {missing}.")
     static = {k: cfg[k] for k in STATIC_FIELDS}
+    for k in GENERAL_OPTIONAL_FIELDS:
+        v = cfg.pop(k, None)
+        if v is not None:
+            static[k] = v
     system = cfg.pop("system", "delay")
     if system != "delay":
         if "delay" in config:
@@ -158,7 +166,7 @@ def normalize_config(config: Mapping[str, Any], num_train: int | None = None) ->
 
 def _check_trains(tc: TrainConfig, hp: Mapping[str, Any], num_train: int) -> None:
     """Refuses a config whose run would take no server step at all (it would be written as a result)."""
-    per_epoch = num_train // tc.batch_size
+    per_epoch = tc.steps_per_epoch or num_train // tc.batch_size
     grads = tc.epochs * per_epoch
     run = f"a run of {grads} gradients ({tc.epochs} epoch(s) of {per_epoch})"
     if tc.system == "delay":
@@ -205,11 +213,13 @@ def group_configs(configs: Sequence[Mapping[str, Any]], *, eval_batch_size: int 
             + tuple(c.get(k) for k in DESCRIPTIVE_FIELDS)
             + tuple(c.get(k) for k in ASYNC_STATIC_FIELDS)
             + tuple(c.get(k) for k in OPTIONAL_STATIC_FIELDS)
+            + tuple(c.get(k) for k in GENERAL_OPTIONAL_FIELDS)
         )
         groups.setdefault(key, []).append(dict(c))
     out = []
     for key, members in groups.items():
-        system = {k: members[0][k] for k in ASYNC_STATIC_FIELDS + OPTIONAL_STATIC_FIELDS if k in members[0]}
+        system = {k: members[0][k] for k in ASYNC_STATIC_FIELDS + OPTIONAL_STATIC_FIELDS + GENERAL_OPTIONAL_FIELDS
+                  if k in members[0]}
         tc = TrainConfig(
             **dict(zip(STATIC_FIELDS, key[: len(STATIC_FIELDS)])),
             max_delay=max(c.get("delay", 0) for c in members),
@@ -291,7 +301,7 @@ def config_memory_bytes(trainer: Trainer) -> int:
     one = (jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape[1:], s.dtype), params)
            if getattr(trainer, "decentralized", False) else params)
     biggest = max(trainer.config.batch_size, trainer.eval_chunk)
-    x = jax.ShapeDtypeStruct((biggest,) + trainer.input_shape, jnp.float32)
+    x = jax.ShapeDtypeStruct((biggest,) + trainer.input_shape, getattr(trainer, "input_dtype", jnp.float32))
     forward = jax.make_jaxpr(lambda p, x: trainer.model.apply({"params": p}, x))(one, x)
     # every value the forward pass computes, unfused: an upper bound on what it keeps alive
     activations = sum(_tree_bytes([v.aval for v in eqn.outvars]) for eqn in forward.jaxpr.eqns)
@@ -430,6 +440,10 @@ def run_chunk(
             per_epoch = [_finite_or_none(v) for v in metrics[m][i]]
             r[m] = per_epoch[-1]
             r[m + "_per_epoch"] = per_epoch
+        for m in ("bits_per_byte", "perplexity"):  # text: the test loss in bits per byte, and its perplexity
+            if m in metrics:
+                per_epoch = [_finite_or_none(v) for v in metrics[m][i]]
+                r[m], r[m + "_per_epoch"] = per_epoch[-1], per_epoch
         for flag in ("nonfinite", "collapsed", "diverged"):
             r[flag] = bool(metrics[flag][i, -1])
         r["diverged_epoch"] = (int(np.argmax(metrics["diverged"][i])) + 1) if r["diverged"] else None

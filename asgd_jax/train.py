@@ -133,11 +133,18 @@ class TrainConfig:
     """What fixes the compiled program's shapes (one value per sweep group).
 
     Attributes:
-        model: ``"lenet5"``, ``"mlp"`` or ``"resnet20"``.
+        model: ``"lenet5"``, ``"mlp"``, ``"resnet20"`` or a Transformer spec
+            ``"transformer:layers=2,width=128,heads=4,context=128"``
+            (:func:`asgd_jax.models.parse_model`; for a text data set).
         optimizer: server optimizer family, a key of :data:`OPTIMIZERS`.
-        batch_size: samples per gradient.
+        batch_size: samples per gradient (text: windows per gradient).
         epochs: passes over the training set (``num_train // batch_size`` steps
-            each; the remainder of a shuffled epoch is dropped).
+            each; the remainder of a shuffled epoch is dropped), or evaluation
+            periods of ``steps_per_epoch`` steps.
+        steps_per_epoch: ``None`` (a whole pass) or the steps between two
+            evaluations: each epoch then trains on the first
+            ``steps_per_epoch * batch_size`` samples of a fresh permutation (a
+            random subset), so a large training set gives curves with many points.
         max_delay: static bound on the per-config ``delay`` hyperparameter.
         eval_batch_size: test-set chunk evaluated at once (memory, not maths).
         system: ``"delay"`` (default: :func:`~asgd_jax.delayed`, the constant
@@ -229,13 +236,13 @@ class TrainConfig:
     network: bool = False
     shards: int = 1
     failures: bool = False
+    steps_per_epoch: int | None = None
 
     def validate(self, num_train: int | None = None) -> None:
         """Raises a one-line ``ValueError`` for a config that cannot run."""
-        from asgd_jax.models import MODELS
+        from asgd_jax.models import parse_model
 
-        if self.model not in MODELS:
-            raise ValueError(f"unknown model {self.model!r}; choose one of {sorted(MODELS)}.")
+        parse_model(self.model)  # a one-line ValueError for an unknown model or bad transformer options
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {sorted(OPTIMIZERS)}.")
         for name in ("batch_size", "epochs", "eval_batch_size"):
@@ -253,6 +260,13 @@ class TrainConfig:
                 f"batch_size={self.batch_size} is larger than the training set ({num_train} samples); "
                 f"use a batch size of at most {num_train}."
             )
+        spe = self.steps_per_epoch
+        if spe is not None:
+            if isinstance(spe, bool) or not isinstance(spe, (int, np.integer)) or spe < 1:
+                raise ValueError(f"steps_per_epoch must be a positive integer (None: a whole pass), got {spe!r}.")
+            if num_train is not None and spe > num_train // self.batch_size:
+                raise ValueError(f"steps_per_epoch={spe} needs more than the training set's {num_train} samples at "
+                                 f"batch_size={self.batch_size}; use at most {num_train // self.batch_size}.")
         self._validate_system()
 
     def _validate_system(self) -> None:
@@ -688,6 +702,25 @@ def _cross_entropy(logits, labels):
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
+def _check_model_data(config: TrainConfig, model, dataset) -> bool:
+    """Whether ``dataset`` is text; a one-line ``ValueError`` when the model and the data do not go together."""
+    from asgd_jax.models import Transformer
+
+    x = dataset.x_train
+    text = getattr(x, "ndim", 0) == 2 and np.dtype(x.dtype) == np.int32
+    if isinstance(model, Transformer) != text:
+        what = "token windows (N, T)" if text else f"images {tuple(x.shape[1:])}"
+        want = "a transformer:... model" if text else "an image model (lenet5, mlp, resnet20)"
+        raise ValueError(f"model {config.model!r} does not fit data set {dataset.name!r} of {what}; use {want}.")
+    if text and x.shape[1] > model.context:
+        raise ValueError(f"data set {dataset.name!r} has windows of {x.shape[1]} tokens, longer than the model's "
+                         f"context={model.context}; use context={x.shape[1]} or shorter windows.")
+    if text and config.data_split in ("label", "dirichlet"):
+        raise ValueError(f"data_split={config.data_split!r} splits by class label; text has none: use 'iid' or "
+                         "'contiguous'.")
+    return text
+
+
 class Trainer:
     """The pieces of one training run for a static config and a data set.
 
@@ -701,9 +734,11 @@ class Trainer:
         self.config = config
         self.num_train = int(dataset.x_train.shape[0])
         self.num_test = int(dataset.x_test.shape[0])
-        self.steps_per_epoch = self.num_train // config.batch_size
+        self.steps_per_epoch = config.steps_per_epoch or self.num_train // config.batch_size
         self.model = make_model(config.model, int(dataset.num_classes))
         self.input_shape = tuple(int(s) for s in dataset.x_train.shape[1:])
+        self.text = _check_model_data(config, self.model, dataset)
+        self.input_dtype = jnp.int32 if self.text else jnp.float32
         self.data = tuple(
             jnp.asarray(a) for a in (dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test)
         )
@@ -746,7 +781,7 @@ class Trainer:
         """A fresh run: parameters from ``key``, optimizer state holding ``hparams``."""
         del data
         init_key, data_key = jax.random.split(key)
-        params = self.model.init(init_key, jnp.zeros((1,) + self.input_shape, jnp.float32))["params"]
+        params = self.model.init(init_key, jnp.zeros((1,) + self.input_shape, self.input_dtype))["params"]
         if self.decentralized:  # one model per worker, all starting from the same
             params = dec.replicate(params, self.config.max_workers)
         hp = with_defaults(self.config.optimizer, hparams, self.config)
@@ -877,6 +912,11 @@ class Trainer:
         ``1e-6 * (1 + max |logit|)``. That is where a run whose learning rate
         is past the stability cliff usually ends (all ReLUs dead after a blown-up
         step), with a finite loss and one class's share as its accuracy.
+
+        Text (token windows ``(N, T)``): accuracy and loss are per token, over
+        all ``N·T`` next-byte predictions of the test set (``test_loss`` in nats
+        per byte), and the metrics add ``bits_per_byte = test_loss / ln 2`` and
+        ``perplexity = exp(test_loss)``.
         """
         x_test, y_test = data[2], data[3]
         n, c = self.num_test, self.eval_chunk
@@ -884,33 +924,40 @@ class Trainer:
         xs = jnp.pad(x_test, ((0, pad),) + ((0, 0),) * (x_test.ndim - 1)).reshape(
             (self.eval_chunks, c) + x_test.shape[1:]
         )
-        ys = jnp.pad(y_test, (0, pad)).reshape(self.eval_chunks, c)
+        ys = jnp.pad(y_test, ((0, pad),) + ((0, 0),) * (y_test.ndim - 1)).reshape(
+            (self.eval_chunks, c) + y_test.shape[1:]
+        )
         mask = (jnp.arange(self.eval_chunks * c) < n).reshape(self.eval_chunks, c)
         reference = self.model.apply({"params": params}, x_test[:1])[0]
-
         classes = self.num_classes
+        along = lambda m, a: m.reshape(m.shape + (1,) * (a.ndim - 1))  # the example mask, broadcast over a
 
         def chunk(_, xym):
             x, y, m = xym
             logits = self.model.apply({"params": params}, x)
             losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
             correct = jnp.argmax(logits, -1) == y
-            spread = jnp.where(m[:, None], jnp.abs(logits - reference), 0.0).max()
-            size = jnp.where(m[:, None], jnp.abs(logits), 0.0).max()
-            out = (jnp.sum(jnp.where(m, correct, False)), jnp.sum(jnp.where(m, losses, 0.0)), spread, size)
+            spread = jnp.where(along(m, logits), jnp.abs(logits - reference), 0.0).max()
+            size = jnp.where(along(m, logits), jnp.abs(logits), 0.0).max()
+            mc = along(m, correct)
+            out = (jnp.sum(jnp.where(mc, correct, False)), jnp.sum(jnp.where(mc, losses, 0.0)), spread, size)
             if self.split is None:
                 return None, out
-            by_class = jnp.zeros([classes], jnp.float32).at[y].add(jnp.where(m & correct, 1.0, 0.0))
-            count = jnp.zeros([classes], jnp.float32).at[y].add(jnp.where(m, 1.0, 0.0))
+            by_class = jnp.zeros([classes], jnp.float32).at[y].add(jnp.where(mc & correct, 1.0, 0.0))
+            count = jnp.zeros([classes], jnp.float32).at[y].add(jnp.where(mc, 1.0, 0.0))
             return None, out + (by_class, count)
 
         _, results = jax.lax.scan(chunk, None, (xs, ys, mask))
         correct, losses, spread, size = results[:4]
+        predictions = n * int(np.prod(y_test.shape[1:], dtype=np.int64))  # one per image, or per token
         out = {
-            "test_accuracy": correct.sum() / n,
-            "test_loss": losses.sum() / n,
+            "test_accuracy": correct.sum() / predictions,
+            "test_loss": losses.sum() / predictions,
             "collapsed": spread.max() <= 1e-6 * (1.0 + size.max()),
         }
+        if self.text:
+            out["bits_per_byte"] = out["test_loss"] / jnp.log(2.0)
+            out["perplexity"] = jnp.exp(out["test_loss"])
         if self.split is not None:  # accuracy on each class's test images (NaN for a class with none)
             out["per_class_accuracy"] = results[4].sum(0) / results[5].sum(0)
         return out

@@ -21,6 +21,7 @@ STUDIES = {
     "heterogeneous": "experiments.heterogeneous",
     "ad_psgd": "experiments.ad_psgd",
     "dean2012": "experiments.dean2012",
+    "transformer_async": "experiments.transformer_async",
 }
 
 

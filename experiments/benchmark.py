@@ -28,6 +28,14 @@ Every variant computes one gradient per step, so the ratio is the cost per
 gradient against the same work done as separate single-model runs; the row
 ``16 separate runs, vmapped`` gives that work batched (its time per gradient).
 
+``--only transformer`` times the Transformer language model instead
+(``--transformer``, default ``transformer:layers=2,width=128,heads=4,context=128``):
+tokens per second of its training step (Adam) on random bytes, per batch size of
+``--text-batch-sizes`` windows, epochs of ``--text-steps`` steps plus an
+evaluation of 16 windows, for the engine (its default driver and chunk, and one
+config in ``lax.scan``) and, with ``--torch``, the same model and batch as a
+plain PyTorch loop (:func:`experiments.torch_baseline.measure_transformer`).
+
 Prints tables and writes ``benchmark.json`` to ``--out``.
 """
 
@@ -54,7 +62,12 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--workers", default=16, help="simulated workers for the overhead table (default 16)"
     )
-    p.add_argument("--only", choices=["throughput", "overhead"], help="run one of the two tables")
+    p.add_argument("--only", choices=["throughput", "overhead", "transformer"],
+                   help="run one table: throughput or overhead (LeNet-5), or transformer (tokens/s)")
+    p.add_argument("--transformer", default="transformer:layers=2,width=128,heads=4,context=128",
+                   help="the Transformer of --only transformer (a model spec)")
+    p.add_argument("--text-batch-sizes", default="8,32", help="--only transformer: windows per step (default 8,32)")
+    p.add_argument("--text-steps", default=30, help="--only transformer: steps per timed epoch (default 30)")
     p.add_argument(
         "--torch",
         action="store_true",
@@ -234,7 +247,84 @@ def _overhead(batch: int, workers: int, rounds: int = 7, steps: int = 60) -> lis
     ]
 
 
+def _measure_text(trainer, k: int, loop: str, chunk: int | None) -> float:
+    """Config-tokens per second of one epoch after a warm-up epoch (Adam, lr 1e-3, no warm-up)."""
+    import jax
+    import jax.numpy as jnp
+    from asgd_jax import run_configs
+
+    size = chunk or k
+    keys = jax.random.split(jax.random.key(0), size)
+    hp = {"learning_rate": jnp.full((size,), 1e-3)}
+    times = []
+    for _ in range(k // size):
+        marks = []
+        run_configs(trainer, keys, hp, loop=loop, on_epoch=lambda e, m: marks.append(time.perf_counter()))
+        times.append(marks[1] - marks[0])  # the second epoch: no compilation
+    return k * trainer.steps_per_epoch * trainer.config.batch_size * trainer.input_shape[0] / sum(times)
+
+
+def _transformer_rows(args) -> list[dict]:
+    """Tokens/s of the Transformer's training step: the engine's drivers and (``--torch``) PyTorch."""
+    from asgd_jax import TrainConfig, Trainer
+    from asgd_jax.data import text_dataset
+    from asgd_jax.models import parse_model
+    from asgd_jax.sweep import default_chunk_size
+    from asgd_jax.train import default_loop
+
+    try:
+        opts = parse_model(args.transformer)[1]
+    except ValueError as e:
+        raise common.UsageError(f"--transformer: {e}") from None
+    batches = Option("text_batch_sizes", int, many=True, low=1, high=4096).parse(args.text_batch_sizes)
+    steps = Option("text_steps", int, low=1).parse(args.text_steps)
+    t = opts["context"]
+    stream = np.random.default_rng(0).integers(0, 256, 4096 * t + 16 * t + 1).astype(np.uint8)
+    ds = text_dataset(stream, t, None, test=stream[-(16 * t + 1):], name="random-bytes")
+    rows, torch_rates = [], {}
+    if args.torch:  # PyTorch first: XLA's CPU threads, once started, slow PyTorch's OpenMP threads in this process
+        from experiments import torch_baseline
+
+        for b in batches:
+            torch_rates[b] = torch_baseline.measure_transformer(
+                b, layers=opts["layers"], width=opts["width"], heads=opts["heads"], context=t, steps=steps,
+                threads=os.cpu_count() or 1, epochs=3)
+    for b in batches:
+        trainer = Trainer(TrainConfig(model=args.transformer, optimizer="adam", batch_size=b, epochs=2,
+                                      steps_per_epoch=steps), ds)
+        engine = f"engine ({default_loop()}, chunk {default_chunk_size() or 1})"
+        for label, k, loop, chunk in ((engine, default_chunk_size() or 1, "auto", default_chunk_size()),
+                                      ("scan, K=1", 1, "scan", 0)):
+            rate = _measure_text(trainer, k, loop, chunk)
+            rows.append({"batch_size": b, "driver": label, "configs": k, "tokens_per_s": rate,
+                         "engine": label == engine})
+            print(f"batch {b:4d} x {t} tokens  {label:<22} {rate:10.0f} config-tokens/s", flush=True)
+        if args.torch:
+            label = f"torch, {os.cpu_count() or 1} threads"
+            rate = torch_rates[b]
+            rows.append({"batch_size": b, "driver": label, "configs": 1, "tokens_per_s": rate, "torch": True})
+            print(f"batch {b:4d} x {t} tokens  {label:<22} {rate:10.0f} tokens/s", flush=True)
+    for b in batches:
+        eng = next(r["tokens_per_s"] for r in rows if r["batch_size"] == b and r.get("engine"))
+        tor = next((r["tokens_per_s"] for r in rows if r["batch_size"] == b and r.get("torch")), None)
+        if tor:
+            print(f"batch {b:4d}  engine/torch {eng / tor:.2f}x")
+    return rows
+
+
 def run(args) -> int:
+    if args.only == "transformer":
+        out = common.prepare_out_dir(args.out)
+        import jax
+
+        rows = _transformer_rows(args)
+        info = {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()], "jax": jax.__version__,
+                "machine": platform.machine(), "cpus": os.cpu_count(), "model": args.transformer,
+                "transformer": rows}
+        with open(os.path.join(out, "benchmark.json"), "w", encoding="utf-8") as f:
+            json.dump(info, f, indent=2)
+        print(f"wrote {os.path.join(out, 'benchmark.json')}")
+        return 0
     args.samples = samples = Option("samples", int, low=1).parse(args.samples)
     batch_sizes = Option("batch_sizes", int, many=True, low=1, high=samples).parse(args.batch_sizes)
     args.configs = Option("configs", int, low=1).parse(args.configs)

@@ -572,12 +572,14 @@ def grouped_bars(
 
 def curve_panels(
     panels: Mapping[str, Sequence[Mapping]], path: str, *, xlabel: str, ylabel: str, title: str = "",
-    logy: bool = False, cols: int | None = None,
+    logy: bool = False, cols: int | None = None, logx: bool = False,
+    hlines: Mapping[str, Sequence[float]] | None = None,
 ) -> None:
     """Curves of any metric, one panel per key of ``panels`` (each panel its own y range).
 
     ``panels``: panel title → mappings with ``label``, ``x``, ``y`` (``None`` points are gaps; with
     ``logy``, so are values <= 0) and optional ``color``, ``ls``. ``cols``: panels per row (default: up to 3).
+    ``logx``: logarithmic x axes. ``hlines``: optional panel title → y values of dashed grey horizontal lines.
     """
     plt = _pyplot()
     n = max(1, len(panels))
@@ -597,6 +599,11 @@ def curve_panels(
                     ls=s.get("ls", "-"))
         if logy and drawn:
             ax.set_yscale("log")
+        if logx and drawn:
+            ax.set_xscale("log")
+            _plain_log_labels(ax.xaxis)
+        for v in (hlines or {}).get(name, []):
+            ax.axhline(v, color="grey", linestyle="--", linewidth=1)
         ax.set_title(name, fontsize=10)
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)

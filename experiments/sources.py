@@ -9,6 +9,10 @@ A *source spec* is a short string (the CLI's ``--data``):
 * ``random:<n>`` — ``n`` random MNIST-shaped training images with random labels
   (and 10 000 test images): for timing a study at full size with no files
   (accuracy stays at chance).
+* ``text:<path>`` — a UTF-8 text file, or a folder of them, as byte-level
+  language-modelling windows (:func:`load_text_source`; vocabulary 256, no
+  tokenizer). ``tfds:tiny_shakespeare`` (any TFDS data set with a ``text``
+  feature) gives text windows the same way.
 
 :func:`parse_source` checks a spec cheaply, without loading anything;
 :func:`load_source` loads it into an :class:`asgd_jax.data.Dataset` (float32 NHWC
@@ -46,8 +50,11 @@ __all__ = [
     "LIBSVM_HELP",
     "SOURCES_HELP",
     "DataSourceError",
+    "TEXT_SKIP_SUFFIXES",
     "load_libsvm",
     "load_source",
+    "load_text_source",
+    "read_text_bytes",
     "parse_libsvm",
     "parse_source",
 ]
@@ -60,7 +67,9 @@ SOURCES_HELP = (
     "'idx:<dir>' = a directory holding train-images-idx3-ubyte, train-labels-idx1-ubyte, "
     "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, each optionally .gz "
     "(e.g. idx:/usr/share/datasets/fashion-mnist from Debian's dataset-fashion-mnist package); "
-    "'random:<n>' = n random 28x28 images with random labels (+ 10000 test), for timing only, e.g. random:60000"
+    "'random:<n>' = n random 28x28 images with random labels (+ 10000 test), for timing only, e.g. random:60000; "
+    "'text:<path>' = a UTF-8 text file or a folder of them as byte-level text windows (the transformer study; "
+    "e.g. text:/usr/share/games/fortunes from Debian's fortunes package)"
 )
 
 #: The four files an ``idx:<dir>`` source needs, keyed by role; each may end in ``.gz``.
@@ -72,9 +81,13 @@ IDX_FILES = {
 }
 
 _VALID_FORMS = (
-    "'digits', 'tfds:<name>' (e.g. tfds:mnist), 'idx:<dir>' (e.g. idx:/usr/share/datasets/fashion-mnist) "
-    "or 'random:<n>' (timing only)"
+    "'digits', 'tfds:<name>' (e.g. tfds:mnist), 'idx:<dir>' (e.g. idx:/usr/share/datasets/fashion-mnist), "
+    "'random:<n>' (timing only) or 'text:<path>' (text)"
 )
+#: File names a ``text:<folder>`` source leaves out: fortune's index files (``.dat``) and its
+#: ``.u8`` links; symbolic links and anything that is not a regular file are left out too.
+TEXT_SKIP_SUFFIXES = (".dat", ".u8")
+_TEXT_HINT = "give a UTF-8 text file or a folder of them (e.g. apt-get install fortunes, then text:/usr/share/games/fortunes)"
 _IDX_HINT = (
     "expected the four standard MNIST/Fashion-MNIST IDX files (on Debian: apt-get install "
     "dataset-fashion-mnist puts them in /usr/share/datasets/fashion-mnist)"
@@ -138,7 +151,7 @@ def parse_source(spec: str) -> tuple[str, str]:
     ...     parse_source("csv:/tmp/x")
     ... except DataSourceError as e:
     ...     print(e)
-    unknown data source 'csv:/tmp/x'; use 'digits', 'tfds:<name>' (e.g. tfds:mnist), 'idx:<dir>' (e.g. idx:/usr/share/datasets/fashion-mnist) or 'random:<n>' (timing only)
+    unknown data source 'csv:/tmp/x'; use 'digits', 'tfds:<name>' (e.g. tfds:mnist), 'idx:<dir>' (e.g. idx:/usr/share/datasets/fashion-mnist), 'random:<n>' (timing only) or 'text:<path>' (text)
     """
     if not isinstance(spec, str):
         raise DataSourceError(f"data source must be a string, got {type(spec).__name__}; use {_VALID_FORMS}")
@@ -163,6 +176,13 @@ def parse_source(spec: str) -> tuple[str, str]:
                 "e.g. random:60000"
             )
         return ("random", arg)
+    if sep and scheme == "text":
+        if not arg:
+            raise DataSourceError(f"'{spec}': empty path; write text:<file or folder>; {_TEXT_HINT}")
+        path = os.path.expanduser(arg)
+        if not os.path.exists(path):
+            raise DataSourceError(f"{spec}: {path} does not exist; {_TEXT_HINT}")
+        return ("text", path)
     if sep and scheme == "idx":
         if not arg:
             raise DataSourceError(f"'{spec}': empty directory; write idx:<dir>, {_IDX_HINT}")
@@ -190,7 +210,9 @@ def load_source(spec: str, *, data_dir: str | None = None, download: bool = Fals
     * ``tfds:<name>``: ``tfds.data_source(name, split=..., data_dir=data_dir,
       download=download)`` for ``"train"`` and ``"test"``, features ``image``
       and ``label``; ``num_classes`` from the data set's info. Name
-      ``"tfds:<name>"``.
+      ``"tfds:<name>"``. A data set with a ``text`` feature (``tiny_shakespeare``)
+      gives text windows, as :func:`load_text_source` with its defaults.
+    * ``text:<path>``: :func:`load_text_source` with its defaults (windows of 128 bytes).
 
     Args:
       spec: a source spec, see :data:`SOURCES_HELP`.
@@ -216,6 +238,8 @@ def load_source(spec: str, *, data_dir: str | None = None, download: bool = Fals
         return _load_idx(spec, arg)
     if kind == "random":
         return _load_random(int(arg))
+    if kind == "text":
+        return load_text_source(spec)
     return _load_tfds(arg, data_dir=data_dir, download=download)
 
 
@@ -394,7 +418,7 @@ def _read_records(ds, n: int) -> list:
     return [ds[i] for i in range(n)]
 
 
-def _load_tfds(name: str, *, data_dir: str | None, download: bool) -> data_lib.Dataset:
+def _load_tfds(name: str, *, data_dir: str | None, download: bool, text: dict | None = None) -> data_lib.Dataset:
     try:
         import tensorflow_datasets as tfds
     except ImportError:
@@ -430,6 +454,8 @@ def _load_tfds(name: str, *, data_dir: str | None, download: bool) -> data_lib.D
 
     info = getattr(sources["train"], "dataset_info", None)
     features = getattr(info, "features", None)
+    if features is not None and hasattr(features, "keys") and "text" in features.keys():
+        return _tfds_text(name, sources, **(text or {}))
     if features is not None and hasattr(features, "keys"):
         keys = list(features.keys())
         missing = [k for k in ("image", "label") if k not in keys]
@@ -468,6 +494,126 @@ def _load_tfds(name: str, *, data_dir: str | None, download: bool) -> data_lib.D
         return data_lib.make_dataset(
             x_tr, y_tr, x_te, y_te, name=f"tfds:{name}", num_classes=num_classes, max_value=max_value
         )
+    except ValueError as e:
+        raise DataSourceError(f"tfds:{name}: {e}") from None
+
+
+# --- text ---------------------------------------------------------------------------------------
+
+
+def _text_files(path: str) -> list[str]:
+    """The regular files of a ``text:`` path: the file itself, or a folder's files (recursively, sorted)."""
+    if os.path.isfile(path):
+        return [path]
+    if not os.path.isdir(path):
+        raise DataSourceError(f"text:{path} is neither a file nor a folder; {_TEXT_HINT}")
+    files = []
+    for root, dirs, names in os.walk(path):
+        dirs.sort()
+        for n in sorted(names):
+            f = os.path.join(root, n)
+            if n.startswith(".") or n.endswith(TEXT_SKIP_SUFFIXES) or os.path.islink(f) or not os.path.isfile(f):
+                continue
+            files.append(f)
+    if not files:
+        raise DataSourceError(f"text:{path}: the folder holds no text files (after leaving out links, hidden files "
+                              f"and {', '.join(TEXT_SKIP_SUFFIXES)}); {_TEXT_HINT}")
+    return files
+
+
+def read_text_bytes(path: str) -> bytes:
+    """The bytes of a ``text:`` path: a UTF-8 file, or a folder's UTF-8 files concatenated in sorted path order.
+
+    In a folder (walked recursively, in sorted order) hidden files, symbolic
+    links and names ending in :data:`TEXT_SKIP_SUFFIXES` are left out. Every
+    file read must be UTF-8 text.
+
+    Raises:
+      DataSourceError: (one line) a missing path, an unreadable, non-UTF-8 or
+        (for a single file) empty file, or a folder with no text.
+
+    Example:
+
+    >>> import os, tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> for name, body in (("b", b"world"), ("a", b"hello "), ("a.dat", b"\\x00")):
+    ...     with open(os.path.join(d, name), "wb") as f:
+    ...         _ = f.write(body)
+    >>> read_text_bytes(d)
+    b'hello world'
+    """
+    chunks = []
+    for f in _text_files(path):
+        try:
+            with open(f, "rb") as fh:
+                raw = fh.read()
+        except OSError as e:
+            raise DataSourceError(f"text:{path}: cannot read {f} ({_first_line(e)}); check its permissions") from None
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataSourceError(
+                f"text:{path}: {f} is not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start}); "
+                "convert it to UTF-8 or leave it out"
+            ) from None
+        chunks.append(raw)
+    data = b"".join(chunks)
+    if not data:
+        raise DataSourceError(f"text:{path}: the text is empty; {_TEXT_HINT}")
+    return data
+
+
+def load_text_source(
+    spec: str,
+    context: int = 128,
+    *,
+    test_fraction: float = 0.1,
+    stride: int | None = None,
+    max_test_windows: int | None = None,
+    data_dir: str | None = None,
+) -> data_lib.Dataset:
+    """Loads ``text:<path>`` (or ``tfds:<name>`` with a ``text`` feature) as byte-level text windows.
+
+    ``text:<path>``: :func:`read_text_bytes`, then :func:`asgd_jax.data.text_dataset`:
+    the last ``test_fraction`` of the byte stream is the test text, windows of
+    ``context`` bytes (``stride`` default ``context``) with next-byte targets;
+    ``max_test_windows`` evenly spaced test windows are kept. ``tfds:<name>``:
+    the ``train`` split's texts joined as training text, the ``test`` split's as
+    test text (``test_fraction`` unused). Name: the spec.
+
+    Raises:
+      DataSourceError: (one line) see :func:`read_text_bytes`; a context longer than the text allows.
+
+    Example:
+
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "t.txt")
+    >>> with open(path, "w") as f:
+    ...     _ = f.write("abcdefghij" * 10)
+    >>> ds = load_text_source("text:" + path, context=8)
+    >>> ds.num_train, ds.num_test, ds.x_train.shape, bytes(ds.x_train[1].astype("u1"))
+    (11, 1, (11, 8), b'ijabcdef')
+    """
+    kind, arg = parse_source(spec)
+    opts = dict(context=context, stride=stride, max_test_windows=max_test_windows)
+    if kind == "tfds":
+        return _load_tfds(arg, data_dir=data_dir, download=False, text=opts)
+    if kind != "text":
+        raise DataSourceError(f"{spec} is not a text source; write text:<file or folder> or tfds:tiny_shakespeare")
+    try:
+        return data_lib.text_dataset(read_text_bytes(arg), test_fraction=test_fraction, name=spec, **opts)
+    except ValueError as e:
+        raise DataSourceError(f"{spec}: {e}") from None
+
+
+def _tfds_text(name: str, sources: dict, context: int = 128, stride=None, max_test_windows=None):
+    parts = {}
+    for split, ds in sources.items():
+        texts = [r["text"] for r in _read_records(ds, len(ds))]
+        parts[split] = b"".join(t.encode("utf-8") if isinstance(t, str) else bytes(t) for t in texts)
+    try:
+        return data_lib.text_dataset(parts["train"], context, None, test=parts["test"], stride=stride,
+                                     max_test_windows=max_test_windows, name=f"tfds:{name}")
     except ValueError as e:
         raise DataSourceError(f"tfds:{name}: {e}") from None
 

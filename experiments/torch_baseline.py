@@ -1,4 +1,5 @@
-"""The PyTorch baseline a researcher would otherwise run: delayed SGD on LeNet-5, configs one by one.
+"""The PyTorch baselines a researcher would otherwise run: delayed SGD on LeNet-5, configs one by one; and
+an Adam loop on the Transformer language model of :class:`asgd_jax.Transformer` (:func:`measure_transformer`).
 
 ``torch.optim.SGD(momentum=0.9)`` wrapped so that the gradient computed at step
 ``t`` is applied at step ``t + delay`` (a FIFO of gradient copies; the optimizer,
@@ -24,7 +25,7 @@ import time
 
 import numpy as np
 
-__all__ = ["make_lenet5", "DelayedSGD", "measure"]
+__all__ = ["make_lenet5", "DelayedSGD", "measure", "make_transformer", "measure_transformer"]
 
 
 def make_lenet5():
@@ -119,6 +120,88 @@ def measure(
             _ = F.cross_entropy(logits, yt).item(), acc
         seconds = time.perf_counter() - t0
     return steps * batch_size / seconds
+
+
+def make_transformer(vocab: int = 256, layers: int = 2, width: int = 128, heads: int = 4, context: int = 128,
+                     mlp_ratio: int = 4):
+    """The network of :class:`asgd_jax.Transformer` in PyTorch: pre-LayerNorm decoder, learned positions.
+
+    Token embedding plus learned positions; per block ``x + Attn(LN(x))`` (``nn.MultiheadAttention``,
+    batch first, a boolean causal mask) and ``x + W2 gelu_tanh(W1 LN(x))``; a final LayerNorm and a dense
+    head. LayerNorm epsilon 1e-6 like flax's. Input int64 ``(B, T)``, output logits ``(B, T, vocab)``.
+    """
+    import torch
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln1, self.ln2 = nn.LayerNorm(width, eps=1e-6), nn.LayerNorm(width, eps=1e-6)
+            self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
+            self.mlp = nn.Sequential(nn.Linear(width, mlp_ratio * width), nn.GELU(approximate="tanh"),
+                                     nn.Linear(mlp_ratio * width, width))
+
+        def forward(self, x, mask):
+            y = self.ln1(x)
+            x = x + self.attn(y, y, y, attn_mask=mask, need_weights=False)[0]
+            return x + self.mlp(self.ln2(x))
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(vocab, width)
+            self.pos = nn.Parameter(0.02 * torch.randn(context, width))
+            self.blocks = nn.ModuleList([Block() for _ in range(layers)])
+            self.ln = nn.LayerNorm(width, eps=1e-6)
+            self.head = nn.Linear(width, vocab)
+
+        def forward(self, tokens):
+            t = tokens.shape[-1]
+            mask = torch.triu(torch.ones(t, t, dtype=torch.bool, device=tokens.device), 1)  # True: not allowed
+            x = self.embed(tokens) + self.pos[:t]
+            for b in self.blocks:
+                x = b(x, mask)
+            return self.head(self.ln(x))
+
+    return Model()
+
+
+def measure_transformer(
+    batch_size: int, *, layers: int = 2, width: int = 128, heads: int = 4, context: int = 128, steps: int = 30,
+    windows: int = 4096, test: int = 16, threads: int = 2, epochs: int = 2, lr: float = 1e-3, seed: int = 0,
+) -> float:
+    """Tokens per second of one config's last epoch of ``steps`` Adam steps on random bytes (earlier epochs warm up).
+
+    Like :func:`measure`: a random permutation per epoch, batches gathered by index, an evaluation on
+    ``test`` windows at the end of each epoch (included in the time, as in the engine's epochs).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    stream = torch.from_numpy(rng.integers(0, 256, (windows + test, context + 1)))
+    x, y = stream[:windows, :-1].contiguous(), stream[:windows, 1:].contiguous()
+    xt, yt = stream[windows:, :-1].contiguous(), stream[windows:, 1:].contiguous()
+    model = make_transformer(256, layers, width, heads, context)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    seconds = 0.0
+    for _ in range(epochs):
+        t0 = time.perf_counter()
+        perm = torch.randperm(windows)
+        model.train()
+        for i in range(steps):
+            idx = perm[(i * batch_size) % windows : (i * batch_size) % windows + batch_size]
+            loss = F.cross_entropy(model(x[idx]).reshape(-1, 256), y[idx].reshape(-1))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        model.eval()
+        with torch.no_grad():
+            _ = F.cross_entropy(model(xt).reshape(-1, 256), yt.reshape(-1)).item()
+        seconds = time.perf_counter() - t0
+    return steps * batch_size * context / seconds
 
 
 if __name__ == "__main__":

@@ -53,3 +53,51 @@ def test_overhead_table_times_every_system_per_gradient(tmp_path, capsys):
     for r in rows:
         assert r["ms_per_step"] > 0
         assert abs(r["ratio_to_plain"] - r["ms_per_step"] / plain["ms_per_step"]) < 1e-9 * r["ratio_to_plain"]
+
+
+def test_transformer_benchmark_tokens_per_second(tmp_path, capsys):
+    out = tmp_path / "bench"
+    argv = ["benchmark", "--only", "transformer", "--transformer", "transformer:layers=1,width=16,heads=2,context=8",
+            "--text-batch-sizes", "4", "--text-steps", "3", "--out", str(out)]
+    assert main(argv) == 0
+    info = json.loads((out / "benchmark.json").read_text())
+    rows = info["transformer"]
+    assert [r["driver"] for r in rows][1] == "scan, K=1" and sum(r["engine"] for r in rows) == 1
+    assert all(r["tokens_per_s"] > 0 and r["batch_size"] == 4 for r in rows)
+    assert "config-tokens/s" in capsys.readouterr().out
+
+
+def test_torch_transformer_matches_the_flax_one():
+    """The PyTorch baseline is the same network: equal parameter count, and equal logits with copied weights."""
+    torch = __import__("pytest").importorskip("torch")
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from asgd_jax import count_params, make_model
+    from experiments import torch_baseline
+
+    model = make_model("transformer:layers=1,width=16,heads=2,context=8", 256)
+    params = model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    net = torch_baseline.make_transformer(256, layers=1, width=16, heads=2, context=8)
+    assert sum(p.numel() for p in net.parameters()) == count_params(params)
+    p = jax.tree.map(lambda a: torch.tensor(np.asarray(a)), params)
+    b, blk = p["block0"], net.blocks[0]
+    with torch.no_grad():
+        net.embed.weight.copy_(p["embed"]["embedding"])
+        net.pos.copy_(p["pos_embedding"])
+        for tln, fln in ((blk.ln1, b["ln1"]), (blk.ln2, b["ln2"]), (net.ln, p["ln_final"])):
+            tln.weight.copy_(fln["scale"])
+            tln.bias.copy_(fln["bias"])
+        qkv = [b["attn"][k] for k in ("query", "key", "value")]  # kernels (D, H, Dh) -> rows of in_proj (D_out, D_in)
+        blk.attn.in_proj_weight.copy_(torch.cat([q["kernel"].reshape(16, 16).T for q in qkv]))
+        blk.attn.in_proj_bias.copy_(torch.cat([q["bias"].reshape(16) for q in qkv]))
+        blk.attn.out_proj.weight.copy_(b["attn"]["out"]["kernel"].reshape(16, 16).T)
+        blk.attn.out_proj.bias.copy_(b["attn"]["out"]["bias"])
+        for lin, fl in ((blk.mlp[0], b["mlp_in"]), (blk.mlp[2], b["mlp_out"]), (net.head, p["head"])):
+            lin.weight.copy_(fl["kernel"].T)
+            lin.bias.copy_(fl["bias"])
+        tokens = np.random.default_rng(0).integers(0, 256, (2, 8))
+        want = net(torch.tensor(tokens)).numpy()
+    got = np.asarray(model.apply({"params": params}, jnp.asarray(tokens, jnp.int32)))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

@@ -214,7 +214,7 @@ class MLPTest(chex.TestCase):
         )
 
     def test_make_model(self):
-        self.assertEqual(set(MODELS), {"lenet5", "mlp", "resnet20"})
+        self.assertEqual(set(MODELS), {"lenet5", "mlp", "resnet20", "transformer"})
         self.assertIsInstance(make_model("mlp"), MLP)
         self.assertIsInstance(make_model("lenet5"), LeNet5)
         self.assertIsInstance(make_model("resnet20"), ResNet20)

@@ -44,6 +44,10 @@ EXPECTED_FILES = [
     "dean2012/accuracy_vs_time.png",
     "dean2012/failure.png",
     "dean2012/report.md",
+    "transformer_async/results.jsonl",
+    "transformer_async/curves.png",
+    "transformer_async/learning_rates.png",
+    "transformer_async/report.md",
 ]
 
 
@@ -115,8 +119,8 @@ def test_notebook_runs_top_to_bottom_on_cpu(tmp_path, monkeypatch, kernel_of_thi
         if f.endswith(".png"):
             assert (out / f).stat().st_size > 5_000, f
 
-    # Every figure shown inline (8 PNGs) and the reports rendered as Markdown.
+    # Every figure shown inline (10 PNGs) and the reports rendered as Markdown.
     images = [o for o in outputs if o.output_type == "display_data" and "image/png" in o.data]
-    assert len(images) >= 8
+    assert len(images) >= 10
     markdown = [o for o in outputs if o.output_type == "display_data" and "text/markdown" in o.data]
-    assert len(markdown) >= 5  # four report.md files and the delay sweep's summary table
+    assert len(markdown) >= 6  # five report.md files and the delay sweep's summary table
