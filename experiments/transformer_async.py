@@ -94,9 +94,11 @@ PRESETS = {
     # A smoke test: a one-layer model, 4 workers, one learning rate and seed, 2 evaluations of 8 gradients.
     "tiny": dict(_COMMON, layers=1, width=32, heads=2, context=32, workers=[4], batch_size=4, learning_rates=[3e-3],
                  seeds=[0], epochs=2, steps_per_epoch=8, warmup_steps=4, tau=2, test_windows=16),
-    # Minutes on a laptop CPU: 2 layers of width 64, context 64; 8 evaluations of 50 gradients of 8 windows.
+    # Minutes on a laptop CPU: 2 layers of width 64, context 64; 6 evaluations of 40 gradients of 8 windows
+    # (66 runs in 11 programs, each compiling in about 15 s: 8 minutes measured on a 2-core CPU shared with
+    # another job, 5.6 minutes of CPU time).
     "quick": dict(_COMMON, layers=2, width=64, context=64, workers=[4, 8], batch_size=8,
-                  learning_rates=[1e-3, 3e-3, 1e-2], epochs=8, steps_per_epoch=50, warmup_steps=40, tau=4,
+                  learning_rates=[1e-3, 3e-3, 1e-2], epochs=6, steps_per_epoch=40, warmup_steps=40, tau=4,
                   test_windows=64),
     # About 20 minutes on a 2-core CPU: 66 runs of 320 gradients, 11 programs (measured 20.3 minutes, 1 216 s,
     # with other work on the cores; about 20 s per run in chunks of 2, each program compiling in about 10 s).
