@@ -41,7 +41,6 @@ EXPECTED_FILES = [
     "ad_psgd/report.md",
     "dean2012/results.jsonl",
     "dean2012/model_parallel.png",
-    "dean2012/accuracy_vs_time.png",
     "dean2012/failure.png",
     "dean2012/report.md",
     "transformer_async/results.jsonl",
