@@ -21,6 +21,7 @@ STUDIES = {
     "heterogeneous": "experiments.heterogeneous",
     "ad_psgd": "experiments.ad_psgd",
     "dean2012": "experiments.dean2012",
+    "time_to_accuracy": "experiments.time_to_accuracy",
 }
 
 
