@@ -44,6 +44,11 @@ EXPECTED_FILES = [
     "dean2012/accuracy_vs_time.png",
     "dean2012/failure.png",
     "dean2012/report.md",
+    "time_to_accuracy/results.jsonl",
+    "time_to_accuracy/time_to_target.png",
+    "time_to_accuracy/grad_norm_vs_time.png",
+    "time_to_accuracy/lenet_time_to_accuracy.png",
+    "time_to_accuracy/report.md",
 ]
 
 
