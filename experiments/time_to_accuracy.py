@@ -80,10 +80,11 @@ needs σ²/ε of the network).
 
 Presets: ``tiny`` (a smoke test: 4 methods x 2 regimes of the logistic part and
 2 methods of an MLP on digits; seconds), ``quick`` (every method x regime x
-split of the logistic part, 10 x 1 000 samples, 600 calls per worker, 2 seeds;
-LeNet-5 on digits, 7 methods x 2 regimes, 4 epochs), ``medium`` (the logistic
-part with 10 x 2 000 samples, 1 000 calls per worker and 3 seeds; LeNet-5 on Fashion-MNIST, 7 methods x 2 regimes, 3
-epochs; measured at about 20 minutes on the 2-core CPU, see the README),
+split of the logistic part, 10 x 1 000 samples, 600 calls per worker, 200
+evaluations, 2 seeds; LeNet-5 on digits, 7 methods x 2 regimes, 10 epochs,
+target accuracy 0.6), ``medium`` (the same logistic part with 3 seeds;
+LeNet-5 on Fashion-MNIST, 7 methods x 2 regimes, 2 learning rates, 3 epochs,
+target accuracy 0.6; measured at about 20 minutes on the 2-core CPU, see the README),
 ``paper`` (a larger problem, 5 seeds, every method and regime of the LeNet part,
 20 epochs; a GPU run).
 
@@ -151,7 +152,7 @@ FASHION = "idx:/usr/share/datasets/fashion-mnist"
 PARTS = ("logreg", "lenet")
 
 _LR = dict(lr_data="synthetic:1,1", lam=0.1, label_noise=0.1, regimes=list(REGIMES), splits=list(SPLITS),
-           methods=list(METHODS), step_sizes=[2.0**-k for k in range(0, 7)], target=0.1, jitter=0.1,
+           methods=list(METHODS), step_sizes=[2.0**-k for k in range(0, 7)], target=0.05, jitter=0.1,
            heavy_sigma=1.5, period=8.0, slow_speed=0.1, fail_at=2.0, budget=2.0, parts=list(PARTS))
 _NET = dict(model="lenet5", lenet_methods=["pure", "shuffle", "rennala", "ringmaster", "malenia", "ringleader",
                                            "rescaled"], lenet_regimes=["linear10", "heavy"], batch_size=32,
@@ -162,11 +163,11 @@ PRESETS = {
                  regimes=["linear10", "failing"], methods=["pure", "rennala", "malenia", "mindflayer"],
                  step_sizes=[0.5, 0.125], seeds=[0], target=0.5, learning_rates=[0.05], epochs=1,
                  target_accuracy=0.3),
-    "quick": dict(_LR, **_NET, data="digits", samples_per_block=1000, dim=40, calls_per_worker=600, evals=60,
-                  seeds=[0, 1], learning_rates=[0.03, 0.1], epochs=4, target_accuracy=0.8),
-    "medium": dict(_LR, **{**_NET, "batch_size": 64}, data=FASHION, samples_per_block=2000, dim=60,
-                   calls_per_worker=1000, evals=100, seeds=[0, 1, 2], learning_rates=[0.03, 0.1], epochs=3,
-                   target_accuracy=0.7),
+    "quick": dict(_LR, **_NET, data="digits", samples_per_block=1000, dim=40, calls_per_worker=600, evals=200,
+                  seeds=[0, 1], learning_rates=[0.1], epochs=10, target_accuracy=0.6),
+    "medium": dict(_LR, **{**_NET, "batch_size": 64}, data=FASHION, samples_per_block=1000, dim=40,
+                   calls_per_worker=600, evals=200, seeds=[0, 1, 2], learning_rates=[0.03, 0.1], epochs=3,
+                   target_accuracy=0.6),
     "paper": dict(_LR, **{**_NET, "batch_size": 64, "lenet_methods": list(LENET_METHODS),
                           "lenet_regimes": list(LENET_REGIMES), "lenet_seeds": [0, 1, 2]},
                   data="tfds:fashion_mnist", samples_per_block=2500, dim=300, calls_per_worker=4000, evals=200,
@@ -579,6 +580,7 @@ def best_rows(s: dict, records: list[dict]) -> dict:
                 t, end, g, runs = min(scored, key=lambda v: v[:2])
                 out[(m, reg, d)] = {
                     "time": t if math.isfinite(t) else None, "end": end, "step_size": g, "runs": runs,
+                    "stalled": all(r["time"][-1] is None for r in runs),
                     "m_star": runs[0].get("m_star"), "server_steps": float(np.mean([r["server_steps"] for r in runs])),
                     "end_time": float(np.nanmean([r["time"][-1] if r["time"][-1] is not None else np.nan
                                                   for r in runs])) if runs else None,
@@ -714,7 +716,8 @@ def report(ctx, rows: dict, lenet: dict, problem) -> str:
             f"{s['evals']} times; step sizes {', '.join(asgrad.step_label(g) for g in s['step_sizes'])} × seeds "
             f"{s['seeds']} as one vmapped program per method and worker count; best step size = the smallest "
             "mean time to target (✗: no step size reached the target in every seed; the end ‖∇F‖ is then shown "
-            "in brackets). Times are simulated time units (a mean compute time of 1 = one unit).", "",
+            "in brackets; ✗ stalls: the simulated clock went to infinity, e.g. a barrier or a queue waiting for the "
+            "dead worker). Times are simulated time units (a mean compute time of 1 = one unit).", "",
             "**Fastest method per regime and split:**", "",
             "| regime | " + " | ".join(SPLIT_TEXT[d] for d in s["splits"]) + " |",
             "|---|" + "---|" * len(s["splits"]),
@@ -736,6 +739,8 @@ def report(ctx, rows: dict, lenet: dict, problem) -> str:
                     r = rows.get((m, reg, d))
                     if r is None:
                         cells.append("")
+                    elif r["time"] is None and r.get("stalled"):
+                        cells.append("✗ stalls")
                     elif r["time"] is None:
                         cells.append(f"✗ [{asgrad._fmt(r['end'])}]")
                     else:
