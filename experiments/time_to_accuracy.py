@@ -135,6 +135,8 @@ LABELS = {"pure": "ASGD pure", "random": "ASGD random", "shuffle": "ASGD shuffle
           "rennala": "Rennala", "ringmaster": "Ringmaster", "ringmaster_stop": "Ringmaster (stops)",
           "malenia": "Malenia", "naive_optimal": "Naive optimal", "mindflayer": "MindFlayer",
           "ringleader": "Ringleader", "rescaled": "Rescaled ASGD", "adaptive": "delay-adaptive"}
+# One color per method (13: the ten tab10 colors and three more); the newest methods are dashed in the curves.
+COLORS = ("C0", "C1", "C2", "C3", "C4", "C5", "C6", "C7", "C8", "C9", "black", "olive", "navy")
 REGIMES = ("equal", "linear10", "sqrt10", "linear100", "sqrt100", "heavy", "varying", "failing")
 REGIME_TEXT = {
     "equal": "n = 10, τ_i = 1", "linear10": "n = 10, τ_i = i", "sqrt10": "n = 10, τ_i = √i",
@@ -798,9 +800,9 @@ def make_figures(ctx, rows: dict, lenet: dict) -> None:
                     runs = r["runs"]
                     t = np.nanmean([[np.nan if v is None else v for v in x["time"]] for x in runs], 0)
                     g = np.nanmean([[np.nan if v is None else v for v in x["grad_norm"]] for x in runs], 0)
+                    k = METHODS.index(m)
                     series.append({"label": f"{LABELS[m]} ({asgrad.step_label(r['step_size'])})", "x": t.tolist(),
-                                   "y": g.tolist(), "color": f"C{s['methods'].index(m) % 10}",
-                                   "ls": "-" if s["methods"].index(m) < 10 else "--"})
+                                   "y": g.tolist(), "color": COLORS[k], "ls": "-" if k < 7 else "--"})
                 panels[f"{reg}, {d}"] = series
         plots.curve_panels(panels, ctx.figure("grad_norm_vs_time.png"), xlabel="simulated time", ylabel="‖∇F‖",
                            logy=True, cols=len(s["splits"]), title="‖∇F‖ against simulated time (best step size)")
@@ -822,18 +824,25 @@ def _heatmap(s: dict, rows: dict, path: str) -> None:
     fig, axes = plt.subplots(1, len(s["splits"]), figsize=(1.1 * len(s["regimes"]) * len(s["splits"]) + 3,
                                                              0.42 * len(s["methods"]) + 2), squeeze=False,
                              constrained_layout=True)
-    for ax, d in zip(axes[0], s["splits"]):
-        grid = np.full((len(s["methods"]), len(s["regimes"])), np.nan)
+    grids = {}
+    for d in s["splits"]:
+        grid = grids[d] = np.full((len(s["methods"]), len(s["regimes"])), np.nan)
         for i, m in enumerate(s["methods"]):
             for j, reg in enumerate(s["regimes"]):
                 r = rows.get((m, reg, d))
                 if r is not None and r["time"] is not None and r["time"] > 0:
                     grid[i, j] = math.log10(r["time"])
-        im = ax.imshow(grid, cmap="viridis_r", aspect="auto")
+    finite = [v for g in grids.values() for v in g[np.isfinite(g)]]
+    lo, hi = (min(finite), max(finite)) if finite else (0.0, 1.0)
+    for ax, d in zip(axes[0], s["splits"]):
+        grid = grids[d]
+        im = ax.imshow(grid, cmap="viridis_r", aspect="auto", vmin=lo, vmax=max(hi, lo + 1e-6))
         for i in range(grid.shape[0]):
             for j in range(grid.shape[1]):
-                ax.text(j, i, "✗" if np.isnan(grid[i, j]) else f"{10 ** grid[i, j]:.3g}", ha="center", va="center",
-                        fontsize=6, color="red" if np.isnan(grid[i, j]) else "white")
+                v = grid[i, j]
+                light = np.isfinite(v) and (v - lo) < 0.4 * (hi - lo)   # the light end of viridis_r
+                ax.text(j, i, "✗" if np.isnan(v) else f"{10 ** v:.3g}", ha="center", va="center", fontsize=6,
+                        color="red" if np.isnan(v) else ("black" if light else "white"))
         ax.set_xticks(range(len(s["regimes"])))
         ax.set_xticklabels(s["regimes"], rotation=45, ha="right", fontsize=8)
         ax.set_yticks(range(len(s["methods"])))

@@ -225,3 +225,21 @@ def test_tiny_preset_end_to_end(tmp_path):
     # rerun: every config already there, nothing trained again
     assert main(["time_to_accuracy", "--preset", "tiny", "--out", str(out)]) == 0
     assert len((out / "results.jsonl").read_text().splitlines()) == len(recs)
+
+
+def test_lenet_time_to_accuracy_from_records():
+    s = {**_settings(), "lenet_methods": ["pure", "malenia"], "lenet_regimes": ["linear10"],
+         "learning_rates": [0.03, 0.1], "target_accuracy": 0.6}
+
+    def rec(m, lr, accs, times):
+        return {"part": "lenet", "method": m, "regime": "linear10", "learning_rate": lr, "test_accuracy": accs[-1],
+                "test_accuracy_per_epoch": accs, "sim_time_per_epoch": times}
+
+    records = [rec("pure", 0.03, [0.3, 0.5, 0.7], [10.0, 20.0, 30.0]), rec("pure", 0.1, [0.5, 0.65, 0.8], [10.0, 20.0, 30.0]),
+               rec("malenia", 0.03, [0.2, 0.3, 0.4], [50.0, 100.0, 150.0]), rec("malenia", 0.1, [0.1, 0.5, 0.55], [50.0, 100.0, 150.0])]
+    out = tta.lenet_summary(s, records)
+    assert out[("pure", "linear10")]["time"] == 20.0 and out[("pure", "linear10")]["lr"] == 0.1
+    assert out[("malenia", "linear10")]["time"] is None and out[("malenia", "linear10")]["lr"] == 0.1   # best final
+    assert tta.accuracy_time(records[0], 0.6) == 30.0 and tta.accuracy_time(records[2], 0.6) is None
+    text = "\n".join(tta.lenet_report(s, out))
+    assert "| ASGD pure | 20 (lr 0.1, final 0.800) |" in text and "| Malenia | ✗ [0.550] |" in text
