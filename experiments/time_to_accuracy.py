@@ -66,8 +66,9 @@ the methods of ``--lenet-methods`` by name (``rules=`` of the Trainer:
 ``"drop"``/``"accumulate"``, ``"malenia"``, ``"ringleader"``, ``"rescaled"``,
 ``"stop"``, ``"fastest"``; ``server_rule="mindflayer"``) and the regimes of
 ``--lenet-regimes`` (``linear10`` is ``worker_times`` 1..10; ``heavy`` the
-log-normal law with σ = ``--heavy-sigma``; ``equal`` fixed times 1), each over
-``--learning-rates`` and ``--seeds``. Test accuracy is measured once per epoch,
+log-normal law with σ = ``--heavy-sigma``; ``equal`` times 1; log-normal with σ =
+``--jitter`` otherwise), each over
+``--learning-rates`` and ``--lenet-seeds``. Test accuracy is measured once per epoch,
 so the time to ``--target-accuracy`` is the simulated time at the end of the
 first epoch that reaches it (a coarse clock: epochs of one method differ in
 simulated length). **Subset, and why:** a LeNet program compiles for tens of
@@ -84,7 +85,9 @@ split of the logistic part, 10 x 1 000 samples, 600 calls per worker, 200
 evaluations, 2 seeds; LeNet-5 on digits, 7 methods x 2 regimes, 10 epochs,
 target accuracy 0.6), ``medium`` (the same logistic part with 3 seeds;
 LeNet-5 on Fashion-MNIST, 7 methods x 2 regimes, 2 learning rates, 3 epochs,
-target accuracy 0.6; measured at about 20 minutes on the 2-core CPU, see the README),
+target accuracy 0.6; measured: 21.5 minutes on the 2-core CPU, 12 for the
+logistic part and 9.5 for LeNet-5:
+``python -m experiments time_to_accuracy --preset medium --out /tmp/tta/medium``),
 ``paper`` (a larger problem, 5 seeds, every method and regime of the LeNet part,
 20 epochs; a GPU run).
 
