@@ -83,7 +83,8 @@ Presets: ``tiny`` (a smoke test: 4 methods x 2 regimes of the logistic part and
 2 methods of an MLP on digits; seconds), ``quick`` (every method x regime x
 split of the logistic part, 10 x 1 000 samples, 600 calls per worker, 200
 evaluations, 2 seeds; LeNet-5 on digits, 7 methods x 2 regimes, 10 epochs
-of 44 gradients, target accuracy 0.4: digits split by label learn slowly), ``medium`` (the same logistic part with 3 seeds;
+of 44 gradients, target accuracy 0.4: digits split by label learn slowly;
+measured: 10 minutes on the 2-core CPU), ``medium`` (the same logistic part with 3 seeds;
 LeNet-5 on Fashion-MNIST, 7 methods x 2 regimes, 2 learning rates, 3 epochs,
 target accuracy 0.6; measured: 21.5 minutes on the 2-core CPU, 12 for the
 logistic part and 9.5 for LeNet-5:
