@@ -284,7 +284,10 @@ class Failing(TimingModel):
         fail, back = _f32(self.fail_at), _f32(self.return_at)
         hit = (jnp.asarray(worker, jnp.int32) == jnp.asarray(self.worker, jnp.int32)) & (now < back)
         lost = hit & (now + t > fail)
-        redo = self.base.sample_at(key, worker, num_workers, jnp.broadcast_to(back, jnp.shape(now)))
+        finite = jnp.isfinite(back)  # never back: no redo (a clock-dependent base is NaN at t = inf)
+        redo = self.base.sample_at(key, worker, num_workers,
+                                   jnp.broadcast_to(jnp.where(finite, back, 0.0), jnp.shape(now)))
+        redo = jnp.where(finite, redo, 0.0)
         # now < back, so back - now > 0 (inf when the worker never returns)
         return jnp.where(lost, (back - jnp.where(lost, now, 0.0)) + redo, t)
 

@@ -88,10 +88,18 @@ TIMINGS = timing_lib.LAWS
 # ``"clip"`` clips each gradient to ``clip_norm``; ``"adaptive"``/``"inverse"`` scale it by its staleness;
 # ``"drop"`` drops arrivals older than ``max_staleness`` (Ringmaster); ``"accumulate"`` steps on the mean
 # of ``accumulate`` arrivals (Aji & Heafield; with ``drop`` and ``max_staleness=0``, Rennala SGD);
-# ``"backup"`` gives the sync rule ``backup_workers`` backup workers.
-RULES = ("clip", "adaptive", "inverse", "drop", "accumulate", "backup")
+# ``"backup"`` gives the sync rule ``backup_workers`` backup workers. The newest methods (docs/methods.md,
+# "The newest methods"): ``"stop"`` stops and restarts jobs staler than ``max_staleness`` (Ringmaster with
+# calculation stops; needs ``"drop"``); ``"fastest"`` gives jobs to workers ``0 .. fastest - 1`` only (Naive
+# Optimal ASGD); ``"malenia"`` (Malenia SGD, batch ``malenia_batch``) and ``"ringleader"`` (Ringleader ASGD)
+# replace the drop/accumulate stepper; ``"rescaled"`` scales worker i's gradient by its expected compute
+# time over their harmonic mean (Rescaled ASGD).
+RULES = ("clip", "adaptive", "inverse", "drop", "accumulate", "backup", "stop", "fastest", "malenia",
+         "ringleader", "rescaled")
 RULE_HPARAMS: dict[str, str] = {"clip": "clip_norm", "drop": "max_staleness", "accumulate": "accumulate",
-                                "backup": "backup_workers"}
+                                "backup": "backup_workers", "fastest": "fastest", "malenia": "malenia_batch"}
+# The rules that need a parameter server built from the rules of :mod:`asgd_jax.rules` (not ``asynchronous``).
+FRONTIER_RULES = ("malenia", "ringleader", "rescaled")
 # Hyperparameters of ``system="async"`` (traced: one program serves every value), with defaults.
 # ``initial_workers = 0`` means all ``workers`` from the start (no gradual introduction).
 ASYNC_HPARAMS: dict[str, float] = {
@@ -107,7 +115,7 @@ ASYNC_HPARAMS: dict[str, float] = {
 # Systems of ``system="async"`` (``TrainConfig.server_rule``): an asynchronous parameter server, SSGD
 # through a parameter server, AllReduce-SGD, the decentralized AD-PSGD and D-PSGD (one model per worker),
 # and Downpour's replicas with local copies (one shard; ``n_fetch`` / ``n_push``: local accumulation).
-SERVER_RULES = ("async", "sync", "allreduce", "ad-psgd", "d-psgd", "downpour")
+SERVER_RULES = ("async", "sync", "allreduce", "ad-psgd", "d-psgd", "downpour", "mindflayer")
 DECENTRALIZED = ("ad-psgd", "d-psgd")
 # Hyperparameters of ``TrainConfig(network=True)``: link latency and bandwidth of every worker and the
 # server's link bandwidth (bytes per time unit; 0 = unlimited), traced like the compute-time model's.
@@ -121,11 +129,15 @@ DOWNPOUR_HPARAMS: dict[str, float] = {"n_fetch": 1, "n_push": 1, "local_learning
 # Hyperparameters of ``TrainConfig(failures=True)`` (:func:`asgd_jax.timing.failing`, traced): worker
 # ``fail_worker`` is down during ``[fail_at, return_at)`` of simulated time (``inf``: it never returns).
 FAILURE_HPARAMS: dict[str, float] = {"fail_worker": 0, "fail_at": 0.0, "return_at": float("inf")}
+# Hyperparameters of ``server_rule="mindflayer"`` (:func:`asgd_jax.mindflayer`, traced): every worker makes
+# ``attempts`` attempts per round, each with the time budget ``budget`` times the worker's expected compute time.
+MINDFLAYER_HPARAMS: dict[str, float] = {"budget": 2.0, "attempts": 1}
 # DC-ASGD's lambda (``"dc-c"``) or lambda_0 (``"dc-a"``) when a config does not give ``dc_lambda``.
 DC_LAMBDA_DEFAULTS: dict[str, float] = {"dc-c": 0.04, "dc-a": 2.0}
 # Hyperparameters that are integers (the others are float32).
 INT_HPARAMS = frozenset({"delay", "warmup_steps", "workers", "initial_workers", "add_workers", "add_every",
-                         "max_staleness", "accumulate", "backup_workers", "n_fetch", "n_push", "fail_worker"})
+                         "max_staleness", "accumulate", "backup_workers", "n_fetch", "n_push", "fail_worker",
+                         "fastest", "attempts"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,7 +181,10 @@ class TrainConfig:
             ``n_fetch = n_push = tau`` with no local step is local accumulation
             as in Aji & Heafield's code; ``workers`` must equal ``max_workers``;
             ``shards`` server shards; records add ``shard_staleness``, each
-            shard's mean staleness over the pushes it applied).
+            shard's mean staleness over the pushes it applied), or
+            ``"mindflayer"`` (:func:`asgd_jax.mindflayer`: rounds of
+            ``attempts`` budgeted attempts per worker, :data:`MINDFLAYER_HPARAMS`;
+            no rules; ``worker_gradients`` are not counted).
         shards: the number of server shards of ``server_rule="downpour"``
             (contiguous slices of the flattened parameters, default 1).
         failures: a worker fails (:func:`asgd_jax.timing.failing` around the
@@ -191,7 +206,14 @@ class TrainConfig:
             brings its traced hyperparameter (:data:`RULE_HPARAMS`), which the
             config must give (``backup_workers`` defaults to 0). The chain is
             :func:`asgd_jax.server_chain`'s: compensation, clipping, staleness
-            scaling, then drop/accumulate.
+            scaling, then drop/accumulate. ``"malenia"``, ``"ringleader"``
+            and ``"rescaled"`` (:data:`FRONTIER_RULES`, pure assignment, no
+            compensation) build :func:`asgd_jax.parameter_server` around
+            clipping, staleness scaling, Rescaled ASGD's
+            :func:`asgd_jax.rules.scale_by_compute_time` (the expected times of
+            the compute-time model), then Malenia's or Ringleader's server or
+            the stepper; ``"stop"`` (with ``"drop"``) and ``"fastest"`` combine
+            with either path.
         server: a callable ``server(inner, hparams, key)`` returning the whole
             system around the server optimizer ``inner`` (e.g. an
             :func:`asgd_jax.parameter_server` around your own chain), built
@@ -315,7 +337,7 @@ class TrainConfig:
                 dec.peer_table("exponential", self.max_workers)
         elif self.topology is not None:
             raise ValueError("topology applies to server_rule='ad-psgd' or 'd-psgd' only; drop it.")
-        if rule in ("allreduce", "downpour") and (self.rules or self.server is not None or self.assignment != "pure"):
+        if rule in ("allreduce", "downpour", "mindflayer") and (self.rules or self.server is not None or self.assignment != "pure"):
             raise ValueError(f"server_rule={rule!r} takes no server rules, server or assignment; drop them.")
 
     def _validate_rules(self) -> None:
@@ -323,12 +345,14 @@ class TrainConfig:
         unknown = [r for r in rules if r not in RULES]
         if unknown or len(set(rules)) != len(rules):
             raise ValueError(f"rules must be distinct names of {RULES}, got {rules!r}.")
-        sync_only, async_only = {"backup"}, {"adaptive", "inverse", "drop", "accumulate"}
+        sync_only = {"backup"}
+        async_only = {"adaptive", "inverse", "drop", "accumulate", "stop", "fastest", *FRONTIER_RULES}
         wrong = [r for r in rules if r in (sync_only if self.server_rule == "async" else async_only)]
         if wrong:
             raise ValueError(f"rule {wrong[0]!r} does not apply to server_rule={self.server_rule!r}.")
         if "adaptive" in rules and "inverse" in rules:
             raise ValueError("choose one staleness scaling: 'adaptive' or 'inverse'.")
+        self._validate_frontier_rules(rules)
         if self.server is not None and (rules or self.compensation is not None):
             raise ValueError("server= builds the whole system; drop rules and compensation (put them in it).")
         if self.data_split is not None and self.data_split not in problems.SPLITS:
@@ -339,6 +363,22 @@ class TrainConfig:
         if times.size and (times.shape != (self.max_workers,) or not np.all(np.isfinite(times) & (times > 0))):
             raise ValueError(f"worker_times must hold max_workers={self.max_workers} positive numbers, "
                              f"got {self.worker_times!r}.")
+
+
+    def _validate_frontier_rules(self, rules: tuple[str, ...]) -> None:
+        servers = [r for r in rules if r in ("malenia", "ringleader", "drop", "accumulate")]
+        if ("malenia" in rules or "ringleader" in rules) and len(servers) > 1:
+            raise ValueError(f"rules {servers[0]!r} and {servers[1]!r} are two server steppers; choose one.")
+        if "stop" in rules and "drop" not in rules:
+            raise ValueError("rule 'stop' (Ringmaster's calculation stops) needs 'drop' (the staleness limit "
+                             "max_staleness).")
+        pure_only = [r for r in rules if r in ("stop", "malenia", "ringleader")]
+        if pure_only and self.assignment != "pure":
+            raise ValueError(f"rule {pure_only[0]!r} restarts workers at the current point: it needs "
+                             f"assignment='pure', got {self.assignment!r}.")
+        if any(r in FRONTIER_RULES for r in rules) and self.compensation is not None:
+            raise ValueError("compensation (DC-ASGD) does not combine with rules 'malenia', 'ringleader', "
+                             "'rescaled'; drop one.")
 
 
 class TrainState(NamedTuple):
@@ -374,6 +414,8 @@ def _defaults(optimizer: str, config: TrainConfig | None) -> dict[str, Any]:
         out.update(DOWNPOUR_HPARAMS)
     if config.failures:
         out.update(FAILURE_HPARAMS)
+    if config.server_rule == "mindflayer":
+        out.update(MINDFLAYER_HPARAMS)
     for rule in config.rules:
         if rule in RULE_HPARAMS:  # required (None), except the backup workers
             out[RULE_HPARAMS[rule]] = 0 if rule == "backup" else None
@@ -510,6 +552,15 @@ def _normalize_async(out: dict[str, Any], config: TrainConfig) -> dict[str, Any]
         integer("accumulate", 1)
     if "backup_workers" in out:
         integer("backup_workers", 0, out["workers"] - 1, what=" (at least one worker must be waited for)")
+    if "fastest" in out:
+        integer("fastest", 1, out["workers"], what=" (the fastest workers that get jobs; workers bounds it)")
+        if out["initial_workers"]:
+            raise ValueError("rule 'fastest' sets the active workers; drop initial_workers.")
+    if "malenia_batch" in out:
+        number("malenia_batch", lambda v: v > 0, "a positive number (Malenia's S)")
+    if config.server_rule == "mindflayer":
+        number("budget", lambda v: v > 0, "a positive number (times each worker's expected compute time)")
+        integer("attempts", 1, what=" (attempts per worker and round)")
     if config.network:
         for k in NETWORK_HPARAMS:
             number(k, lambda v: v >= 0, "a number >= 0" + (" (0: unlimited)" if "bandwidth" in k else ""))
@@ -624,7 +675,7 @@ def make_optimizer(
         (3, 0.04)
     """
     skip = {*GENERIC_HPARAMS, *ASYNC_HPARAMS, *NETWORK_HPARAMS, *DOWNPOUR_HPARAMS, *FAILURE_HPARAMS, "dc_lambda",
-            *RULE_HPARAMS.values()}
+            *RULE_HPARAMS.values(), *MINDFLAYER_HPARAMS}
     if config is not None:
         skip |= {k for k, _ in config.server_hparams}
     opt_kwargs = {k: v for k, v in hparams.items() if k not in skip}
@@ -634,8 +685,6 @@ def make_optimizer(
     if config.server is not None:
         return config.server(inner, hparams, key)
     workers = hparams["workers"]
-    initial = hparams["initial_workers"]
-    initial = jnp.where(jnp.asarray(initial) > 0, initial, workers).astype(jnp.int32)
     i32 = lambda name, default: jnp.asarray(hparams.get(name, default), jnp.int32)
     net = make_network(hparams) if config.network else None
     timing = make_timing(config.timing, hparams, config.worker_times)
@@ -656,9 +705,12 @@ def make_optimizer(
                         local_learning_rate=jnp.asarray(hparams["local_learning_rate"], jnp.float32),
                         timing=timing, network=net, key=key,
                         shard_latency=None if net is None else hparams["shard_latency"] * spread)
+    if config.server_rule == "mindflayer" or any(r in FRONTIER_RULES for r in config.rules):
+        return _frontier_system(inner, config, hparams, timing, net, key)
     rules = config.rules
     scaling = "adaptive" if "adaptive" in rules else "inverse" if "inverse" in rules else None
     stepper = "drop" in rules or "accumulate" in rules
+    initial, add = _introduction(config, hparams)
     return asynchronous(
         inner,
         jnp.asarray(workers, jnp.int32),
@@ -676,11 +728,62 @@ def make_optimizer(
         backup_workers=i32("backup_workers", 0) if "backup" in rules else 0,
         clip_norm=jnp.asarray(hparams["clip_norm"], jnp.float32) if "clip" in rules else None,
         initial_workers=initial,
-        add_workers=jnp.asarray(hparams["add_workers"], jnp.int32),
+        add_workers=add,
         add_every=jnp.asarray(hparams["add_every"], jnp.int32),
+        stop_stale="stop" in rules,
         max_workers=config.max_workers,
         key=key,
     )
+
+
+def _introduction(config: TrainConfig, hparams: Mapping[str, Any]) -> tuple[jax.Array, jax.Array]:
+    """``(initial_workers, add_workers)``: 0 initial workers meaning all; rule ``"fastest"``: ``(fastest, 0)``."""
+    if "fastest" in config.rules:  # Naive Optimal ASGD: the first `fastest` workers, never more
+        return jnp.asarray(hparams["fastest"], jnp.int32), jnp.zeros([], jnp.int32)
+    initial = hparams["initial_workers"]
+    initial = jnp.where(jnp.asarray(initial) > 0, initial, hparams["workers"]).astype(jnp.int32)
+    return initial, jnp.asarray(hparams["add_workers"], jnp.int32)
+
+
+def _frontier_system(inner, config: TrainConfig, hparams: Mapping[str, Any], timing, net, key):
+    """MindFlayer (``server_rule="mindflayer"``) or a parameter server around :data:`FRONTIER_RULES` (rules=).
+
+    The chain: clipping, staleness scaling, Rescaled ASGD's scaling by the expected compute times of
+    ``timing``, then Malenia's server, Ringleader's server, the drop/accumulate stepper or ``inner``.
+    """
+    from asgd_jax import rules as rules_lib
+    from asgd_jax.mindflayer import mindflayer
+    from asgd_jax.simulator import parameter_server
+
+    size, names = config.max_workers, config.rules
+    workers = jnp.asarray(hparams["workers"], jnp.int32)
+    expected = timing.expected(jnp.arange(size), size)
+    if config.server_rule == "mindflayer":
+        return mindflayer(inner, workers, budgets=jnp.asarray(hparams["budget"], jnp.float32) * expected,
+                          attempts=jnp.asarray(hparams["attempts"], jnp.int32), timing=timing, max_workers=size,
+                          key=key)
+    chain = []
+    if "clip" in names:
+        chain.append(rules_lib.clip_by_global_norm(jnp.asarray(hparams["clip_norm"], jnp.float32)))
+    if "adaptive" in names or "inverse" in names:
+        chain.append(rules_lib.scale_by_staleness("adaptive" if "adaptive" in names else "inverse"))
+    if "rescaled" in names:
+        chain.append(rules_lib.scale_by_compute_time(expected))
+    if "malenia" in names:
+        last = rules_lib.malenia(inner, size, batch=jnp.asarray(hparams["malenia_batch"], jnp.float32))
+    elif "ringleader" in names:
+        last = rules_lib.ringleader(inner, size)
+    elif "drop" in names or "accumulate" in names:
+        last = rules_lib.accumulate(inner, jnp.asarray(hparams.get("accumulate", 1), jnp.int32),
+                                    max_staleness=jnp.asarray(hparams.get("max_staleness", np.iinfo(np.int32).max),
+                                                              jnp.int32))
+    else:
+        last = inner
+    initial, add = _introduction(config, hparams)
+    return parameter_server(optax.chain(*chain, last), workers, timing=timing, assignment=config.assignment,
+                            initial_workers=initial, add_workers=add,
+                            add_every=jnp.asarray(hparams["add_every"], jnp.int32), network=net,
+                            stop_stale="stop" in names, max_workers=size, key=key)
 
 
 def _count_used(counts, before, after):
@@ -845,9 +948,12 @@ class Trainer:
                   "dc_lambda": (0, np.inf), "max_staleness": (0, np.inf), "accumulate": (1, np.inf),
                   "warmup_steps": (0, np.inf), "n_fetch": (1, np.inf), "n_push": (1, np.inf),
                   "local_learning_rate": (0, np.inf), "shard_latency": (0, np.inf), "fail_at": (0, np.inf),
-                  "fail_worker": (0, c.max_workers - 1)}
+                  "fail_worker": (0, c.max_workers - 1), "attempts": (1, np.inf)}
         ok += [between(k, lo, hi) for k, (lo, hi) in ranges.items() if k in hp]
-        ok += [get(k) > 0 for k in ("time_mean", "straggler_slowdown", "clip_norm") if k in hp]
+        ok += [get(k) > 0 for k in ("time_mean", "straggler_slowdown", "clip_norm", "malenia_batch", "budget")
+               if k in hp]
+        if "fastest" in hp:
+            ok.append((get("fastest") >= 1) & (get("fastest") <= get("workers")))
         ok += [get(k) >= 0 for k in NETWORK_HPARAMS if k in hp]
         if self.decentralized:
             ok += [get("workers") == c.max_workers, get("warmup_steps") == 0, get("initial_workers") == 0]

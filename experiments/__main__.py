@@ -22,6 +22,7 @@ STUDIES = {
     "ad_psgd": "experiments.ad_psgd",
     "dean2012": "experiments.dean2012",
     "transformer_async": "experiments.transformer_async",
+    "time_to_accuracy": "experiments.time_to_accuracy",
 }
 
 

@@ -47,6 +47,11 @@ EXPECTED_FILES = [
     "transformer_async/curves.png",
     "transformer_async/learning_rates.png",
     "transformer_async/report.md",
+    "time_to_accuracy/results.jsonl",
+    "time_to_accuracy/time_to_target.png",
+    "time_to_accuracy/grad_norm_vs_time.png",
+    "time_to_accuracy/lenet_time_to_accuracy.png",
+    "time_to_accuracy/report.md",
 ]
 
 

@@ -213,3 +213,14 @@ def test_per_worker_rows_must_cover_the_workers():
         asgd_jax.events.init(3, timing=model)
     with pytest.raises(ValueError, match="one per worker"):
         asgd_jax.events.init(3, timing=timing.budgeted(1.0, jnp.ones(2)))
+
+
+def test_failing_forever_around_time_varying_speeds_is_inf_not_nan():
+    """A worker that never returns has an infinite job also when the base's speed depends on the clock (the redo
+    at t = inf is never evaluated into the result)."""
+    model = timing.failing(timing.periodic_speed(1.0, 4.0, [1.0, 0.5]), worker=0, fail_at=0.5)
+    t = model.sample_at(jax.random.key(0), jnp.arange(2), 2, 0.0)
+    assert np.isinf(float(t[0])) and float(t[1]) == 1.0
+    back = timing.failing(timing.periodic_speed(1.0, 4.0, [1.0, 0.5]), worker=0, fail_at=0.5, return_at=3.0)
+    # lost at 0.5, redone from 3: half a unit of work at speed 1/2 by 4, the other half at speed 1 by 4.5
+    assert float(back.sample_at(jax.random.key(0), jnp.arange(1), 2, 0.0)[0]) == 4.5
