@@ -486,7 +486,9 @@ def report(ctx, records: list[dict]) -> tuple[str, list[str]]:
                                      f"time to {target:g}", "diverged"], rows), ""]
     lines += _verdict_lines(tr_checks)
     lines += ["", "## 3. Per-shard staleness (Downpour's sharded server)", "",
-              f"Downpour + Adagrad, {s['staleness_replicas']} replicas; a whole-model message takes "
+              f"Downpour + Adagrad, {s['staleness_replicas']} replicas, learning rate "
+              f"{s['adagrad_learning_rates'][len(s['adagrad_learning_rates']) // 2]:g} (the middle of its grid); "
+              f"a whole-model message takes "
               f"{s['message_time']:g} on a shard's link (each shard moves its slice only); shard latencies spread "
               "evenly over [0, L]. Mean staleness of the pushes each shard applied.", ""]
     rows = [[x["shards"], f"{x['latency']:g}", f"{x['mean']:.2f}", f"{x['lo']:.2f} – {x['hi']:.2f}",
