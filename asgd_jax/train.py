@@ -1268,7 +1268,11 @@ def run_configs(
         keys, hparams = jax.device_put((keys, dict(hparams)), along)
         data = trainer.data_on(mesh)
     fns = trainer.vmapped()
-    state = fns["init"](data, keys, dict(hparams))
+    # XLA lays out leaves that a program returns as constants (zero biases and optimizer buffers after
+    # init, the step counter reset at an epoch's end) replicated, and the others sharded: without putting
+    # every leaf back along the config axis, the next call would compile the epoch a second time.
+    along_configs = (lambda s: s) if mesh is None else (lambda s: jax.device_put(s, along))
+    state = along_configs(fns["init"](data, keys, dict(hparams)))
     history = []
     for e in range(trainer.config.epochs):
         if loop == "scan":
@@ -1277,6 +1281,7 @@ def run_configs(
             for _ in range(trainer.steps_per_epoch):
                 state = fns["step"](data, state)
             state, metrics = fns["end_epoch"](data, state)
+        state = along_configs(state)
         metrics = jax.tree.map(np.asarray, metrics)
         history.append(metrics)
         if on_epoch is not None:

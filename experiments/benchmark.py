@@ -113,8 +113,12 @@ def matmul_peak_flops(n: int = 1024, repeats: int = 10) -> float:
     return 2 * n**3 / best
 
 
-def _measure(trainer, k: int, loop: str, chunk: int | None) -> float:
-    """Config-samples per second of one epoch after a warm-up epoch (``chunk`` 0 or None: all ``k`` at once)."""
+def _measure(trainer, k: int, loop: str, chunk: int | None, mesh=None) -> float:
+    """Config-samples per second of one epoch after a warm-up epoch (``chunk`` 0 or None: all ``k`` at once).
+
+    ``mesh``: lay each call's configs over its devices, as :func:`asgd_jax.sweep.run_group` does when
+    this process has several (``chunk`` then counts the configs of one call, all devices together).
+    """
     import jax
     import jax.numpy as jnp
     from asgd_jax import run_configs
@@ -129,7 +133,8 @@ def _measure(trainer, k: int, loop: str, chunk: int | None) -> float:
     times = []
     for _ in range(k // size):
         marks = []
-        run_configs(trainer, keys, hp, loop=loop, on_epoch=lambda e, m: marks.append(time.perf_counter()))
+        run_configs(trainer, keys, hp, loop=loop, mesh=mesh,
+                    on_epoch=lambda e, m: marks.append(time.perf_counter()))
         times.append(marks[1] - marks[0])  # the second epoch: no compilation
     return k * trainer.steps_per_epoch * trainer.config.batch_size / sum(times)
 
@@ -344,19 +349,23 @@ def run(args) -> int:
     rows, overhead = [], []
     for b in batch_sizes if args.only != "overhead" else []:
         trainer = Trainer(TrainConfig(batch_size=b, epochs=2, max_delay=8), ds)
-        from asgd_jax.sweep import default_chunk_size
+        from asgd_jax.sweep import default_chunk_size, local_mesh
         from asgd_jax.train import default_loop
 
-        engine = f"engine ({default_loop()}, chunk {default_chunk_size() or k})"
-        for label, kk, loop, chunk in (
-            (engine, k, "auto", default_chunk_size()),
-            ("step, K=1", 1, "step", 0),
-            (f"step, vmap {k}", k, "step", 0),
-            (f"step, {k} x chunk 1", k, "step", 1),
-            ("scan, K=1", 1, "scan", 0),
-            (f"scan, vmap {k}", k, "scan", 0),
+        mesh = local_mesh() if jax.local_device_count() > 1 else None  # run_group's mesh="auto"
+        devices = 1 if mesh is None else jax.local_device_count()
+        per_call = (default_chunk_size() or k) * devices
+        engine = f"engine ({default_loop()}, chunk {per_call}" + (f" over {devices} devices)" if mesh else ")")
+        rows_k = -(-k // per_call) * per_call
+        for label, kk, loop, chunk, on in (
+            (engine, rows_k, "auto", per_call, mesh),
+            ("step, K=1", 1, "step", 0, None),
+            (f"step, vmap {k}", k, "step", 0, None),
+            (f"step, {k} x chunk 1", k, "step", 1, None),
+            ("scan, K=1", 1, "scan", 0, None),
+            (f"scan, vmap {k}", k, "scan", 0, None),
         ):
-            rate = _measure(trainer, kk, loop, chunk)
+            rate = _measure(trainer, kk, loop, chunk, on)
             rows.append(
                 {
                     "batch_size": b,
