@@ -77,10 +77,12 @@ def add_arguments(p) -> None:
     p.add_argument("--memory-configs", default="1,8",
                    help="the memory table's two group sizes, compiled and compared (default 1,8)")
     p.add_argument("--gpu-report", action="store_true",
-                   help="the whole GPU check in one run (experiments/gpu_report.py): throughput at the paper "
-                        "grid's group size with PyTorch, the grid's wall time, the goals; writes gpu_report.json")
+                   help="the whole GPU check in one run (experiments/gpu_report.py): throughput at the "
+                        "paper grid's group size with PyTorch, the grid's wall time, the goals; writes "
+                        "gpu_report.json")
     p.add_argument("--allow-cpu", action="store_true", help="--gpu-report: run on a CPU too (a smoke run)")
-    p.add_argument("--grid-preset", default="paper", help="--gpu-report: the delay_sweep preset timed (default paper)")
+    p.add_argument("--grid-preset", default="paper",
+                   help="--gpu-report: the delay_sweep preset timed (default paper)")
     p.add_argument("--grid-data", default="random:60000",
                    help="--gpu-report: the grid's data, random:<n> (default random:60000; n is also the "
                         "throughput table's samples)")
