@@ -36,6 +36,16 @@ evaluation of 16 windows, for the engine (its default driver and chunk, and one
 config in ``lax.scan``) and, with ``--torch``, the same model and batch as a
 plain PyTorch loop (:func:`experiments.torch_baseline.measure_transformer`).
 
+``--only memory`` (and the default run, after the other tables) measures the peak memory per config of a
+LeNet-5 group, the estimate :func:`asgd_jax.sweep.config_memory_bytes` against XLA's compiled program, and
+the largest group that fits a 24 GiB CPU and an 80 GiB GPU (experiments/bench_memory.py; ``"memory"`` in
+benchmark.json).
+
+``--gpu-report`` is the whole GPU check in one run (experiments/gpu_report.py): the throughput table at the
+size of the paper grid's groups with the PyTorch baseline, ``delay_sweep --preset paper --data random:60000``
+timed, and the goals met or not, in ``gpu_report.json``; it refuses to run without a GPU/TPU unless
+``--allow-cpu``.
+
 Prints tables and writes ``benchmark.json`` to ``--out``.
 """
 
@@ -62,8 +72,21 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--workers", default=16, help="simulated workers for the overhead table (default 16)"
     )
-    p.add_argument("--only", choices=["throughput", "overhead", "transformer"],
-                   help="run one table: throughput or overhead (LeNet-5), or transformer (tokens/s)")
+    p.add_argument("--only", choices=["throughput", "overhead", "transformer", "memory"],
+                   help="run one table: throughput, overhead or memory (LeNet-5), or transformer (tokens/s)")
+    p.add_argument("--memory-configs", default="1,8",
+                   help="the memory table's two group sizes, compiled and compared (default 1,8)")
+    p.add_argument("--gpu-report", action="store_true",
+                   help="the whole GPU check in one run (experiments/gpu_report.py): throughput at the "
+                        "paper grid's group size with PyTorch, the grid's wall time, the goals; writes "
+                        "gpu_report.json")
+    p.add_argument("--allow-cpu", action="store_true", help="--gpu-report: run on a CPU too (a smoke run)")
+    p.add_argument("--grid-preset", default="paper",
+                   help="--gpu-report: the delay_sweep preset timed (default paper)")
+    p.add_argument("--grid-data", default="random:60000",
+                   help="--gpu-report: the grid's data, random:<n> (default random:60000; n is also the "
+                        "throughput table's samples)")
+    p.add_argument("--budget", default=480, help="--gpu-report: seconds for the whole report (default 480)")
     p.add_argument("--transformer", default="transformer:layers=2,width=128,heads=4,context=128",
                    help="the Transformer of --only transformer (a model spec)")
     p.add_argument("--text-batch-sizes", default="8,32", help="--only transformer: windows per step (default 8,32)")
@@ -318,6 +341,14 @@ def _transformer_rows(args) -> list[dict]:
 
 
 def run(args) -> int:
+    if args.gpu_report:
+        from experiments import gpu_report
+
+        return gpu_report.run(args)
+    if args.only == "memory" or (args.only is None and not getattr(args, "_memory_done", False)):
+        from experiments import bench_memory
+
+        return bench_memory.run(args, rest=None if args.only == "memory" else run)
     if args.only == "transformer":
         out = common.prepare_out_dir(args.out)
         import jax

@@ -83,8 +83,13 @@ def measure(
     lr: float = 0.01,
     seed: int = 0,
     channels_last: bool = False,
+    device: str = "cpu",
 ) -> float:
-    """Samples per second of one config's last epoch (earlier epochs warm up)."""
+    """Samples per second of one config's last epoch (earlier epochs warm up).
+
+    ``device``: a ``torch.device`` name, e.g. ``"cuda"``; the model and the data set live there (the epoch's
+    closing evaluation reads its result back with ``.item()``, so the time includes the device's work).
+    """
     import torch
     import torch.nn.functional as F
 
@@ -93,8 +98,9 @@ def measure(
     rng = np.random.default_rng(seed)
     x = torch.from_numpy(rng.integers(0, 256, (samples, 1, 28, 28), dtype=np.uint8)).float().div_(255.0)
     y = torch.from_numpy(rng.integers(0, 10, samples)).long()
+    x, y = x.to(device), y.to(device)
     xt, yt = x[:test].clone(), y[:test].clone()
-    model = make_lenet5()
+    model = make_lenet5().to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
@@ -104,7 +110,7 @@ def measure(
     seconds = 0.0
     for _ in range(epochs):
         t0 = time.perf_counter()
-        perm = torch.randperm(samples)
+        perm = torch.randperm(samples, device=device)
         model.train()
         for i in range(steps):
             idx = perm[i * batch_size : (i + 1) * batch_size]
@@ -213,7 +219,8 @@ if __name__ == "__main__":
     p.add_argument("--delay", type=int, default=4)
     p.add_argument("--samples", type=int, default=8192)
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--device", default="cpu", help="a torch device, e.g. cuda")
     a = p.parse_args()
     for b in (int(s) for s in a.batch_sizes.split(",")):
-        r = measure(b, a.delay, a.samples, a.threads, epochs=3, channels_last=a.channels_last)
+        r = measure(b, a.delay, a.samples, a.threads, epochs=3, channels_last=a.channels_last, device=a.device)
         print(f"torch batch {b:5d}  threads {a.threads}  {r:10.0f} samples/s", flush=True)

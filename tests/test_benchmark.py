@@ -31,6 +31,7 @@ def test_tiny_benchmark_writes_summary(tmp_path, capsys):
     eng = next(r["config_samples_per_s"] for r in info["rows"] if r.get("engine"))
     assert row["engine_fraction_of_peak"] == eng * info["lenet5_flops_per_sample"] / info["matmul_peak_flops"]
     assert row["ratio_engine_to_torch"] is None  # no --torch
+    assert "memory" not in info  # the memory table runs with --only memory and in the default run, not here
     assert "of peak" in capsys.readouterr().out
 
 
@@ -101,3 +102,107 @@ def test_torch_transformer_matches_the_flax_one():
         want = net(torch.tensor(tokens)).numpy()
     got = np.asarray(model.apply({"params": params}, jnp.asarray(tokens, jnp.int32)))
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_memory_table_measures_at_least_the_training_state(tmp_path, capsys):
+    out = tmp_path / "bench"
+    argv = ["benchmark", "--only", "memory", "--batch-sizes", "32", "--samples", "128", "--memory-configs", "1,3"]
+    assert main([*argv, "--out", str(out)]) == 0
+    info = json.loads((out / "benchmark.json").read_text())
+    mem = info["memory"]
+    assert "rows" not in info and mem["group_sizes"] == [1, 3]  # the memory table alone
+    (row,) = mem["rows"]
+    assert row["batch_size"] == 32 and row["max_delay"] == 8
+    # Hand count: LeNet-5 has 61 706 float32 parameters (156 + 2 416 + 48 120 + 10 164 + 850). A config's state
+    # holds them, SGD's momentum and the delay buffer of max_delay + 1 = 9 gradients: 11 copies at least.
+    state = 11 * 61_706 * 4
+    assert row["measured_bytes_per_config"] >= state
+    assert row["estimate_bytes_per_config"] >= state
+    # The data set (128 float32 28x28 images + int32 labels, train and test alike) is an argument of every program.
+    data = 2 * 128 * (28 * 28 * 4 + 4)
+    assert row["data_bytes"] == data
+    for k, p in row["programs"].items():
+        assert p["argument_bytes"] >= data + int(k) * state
+        assert p["total_bytes"] == p["argument_bytes"] + p["output_bytes"] - p["alias_bytes"] + p["temp_bytes"]
+    one, three = row["programs"]["1"]["total_bytes"], row["programs"]["3"]["total_bytes"]
+    assert row["measured_bytes_per_config"] == (three - one) / 2
+    # The estimate the engine plans with stays within 30 % of XLA's figure for LeNet-5.
+    assert 0.77 < row["estimate_bytes_per_config"] / row["measured_bytes_per_config"] < 1.3
+    # Largest groups: 80 % of 24 GiB / 80 GiB, less the shared part, over the per-config bytes.
+    for label, gib in (("24 GiB CPU", 24), ("80 GiB GPU", 80)):
+        fit = row["fits"][label]
+        shared = one - row["measured_bytes_per_config"]
+        assert fit["configs_by_measured"] == int((0.8 * gib * 2**30 - shared) // row["measured_bytes_per_config"])
+        assert fit["configs_by_estimate"] == int((0.8 * gib * 2**30 - data) // row["estimate_bytes_per_config"])
+        assert fit["configs_by_measured"] > 100  # a LeNet-5 config needs megabytes, not gigabytes
+    assert "memory per config" in capsys.readouterr().out
+
+
+def test_gpu_report_group_size_is_the_paper_grids():
+    from experiments import gpu_report
+
+    # delay_sweep's paper preset: 10 learning rates x 5 batch sizes x 6 delays, one group per batch size.
+    assert gpu_report.grid_group_size("paper") == (300, 5, 60)
+    assert gpu_report.grid_group_size("tiny") == (4, 1, 4)  # 2 learning rates x 2 delays, batch 128
+
+
+def test_gpu_report_goals_are_judged_at_the_paper_size_only():
+    from experiments import gpu_report
+
+    s = {"preset": "paper", "data": "random:60000"}
+    report = {"grid": {"status": "done", "wall_s": 100.0}, "throughput_at_paper_size": True,
+              "summary": [{"batch_size": 64, "ratio_engine_to_torch": 40.0}]}
+    goals = gpu_report._goals(report, s)
+    assert goals["grid_wall_s"]["met"] is True and goals["torch_ratio_batch_64"]["met"] is False
+    report["grid"]["wall_s"] = 121.0
+    report["summary"][0]["ratio_engine_to_torch"] = 50.0
+    goals = gpu_report._goals(report, s)
+    assert goals["grid_wall_s"]["met"] is False and goals["torch_ratio_batch_64"]["met"] is True
+    report["throughput_at_paper_size"] = False
+    goals = gpu_report._goals(report, {"preset": "tiny", "data": "random:256"})
+    assert goals["grid_wall_s"]["met"] is None and goals["torch_ratio_batch_64"]["met"] is None
+    assert goals["grid_wall_s"]["value"] == 121.0
+
+
+def test_gpu_report_refuses_a_cpu_in_one_line(tmp_path, capsys):
+    out = tmp_path / "gpu"
+    assert main(["benchmark", "--gpu-report", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "GPU or TPU" in err and "--allow-cpu" in err
+    assert not out.exists()  # refused before anything was written (or compiled)
+
+
+def test_gpu_report_smoke_run_on_cpu(tmp_path, capsys):
+    out = tmp_path / "gpu"
+    argv = ["benchmark", "--gpu-report", "--allow-cpu", "--grid-preset", "tiny", "--grid-data", "random:256",
+            "--batch-sizes", "64", "--out", str(out)]
+    assert main(argv) == 0
+    r = json.loads((out / "gpu_report.json").read_text())
+    assert r["backend"] == "cpu" and r["devices"] and r["group_configs"] == 4 and r["samples"] == 256
+    assert r["steps"]["throughput"]["status"] == "done" and r["steps"]["grid"]["status"] == "done"
+    engine = [x for x in r["throughput"] if x.get("engine")]
+    assert [(x["batch_size"], x["configs"]) for x in engine] == [(64, 4)] and engine[0]["config_samples_per_s"] > 0
+    torch_rows = [x for x in r["throughput"] if x.get("torch")]
+    (summary,) = r["summary"]
+    if r["torch"] is None:
+        assert not torch_rows and summary["ratio_engine_to_torch"] is None
+    else:
+        assert summary["ratio_engine_to_torch"] == engine[0]["config_samples_per_s"] / torch_rows[0][
+            "config_samples_per_s"]
+    g = r["grid"]
+    assert (g["configs"], g["groups"], g["configs_run"]) == (4, 1, 4)
+    assert 0 < g["training_s"] <= g["wall_s"] <= r["elapsed_s"]
+    assert r["goals"]["grid_wall_s"]["value"] == g["wall_s"]
+    assert r["goals"]["grid_wall_s"]["met"] is None and r["goals"]["torch_ratio_batch_64"]["met"] is None  # tiny
+    assert "gpu_report.json" in capsys.readouterr().out
+
+
+def test_gpu_report_budget_guard_still_writes_the_report(tmp_path):
+    out = tmp_path / "gpu"
+    argv = ["benchmark", "--gpu-report", "--allow-cpu", "--grid-preset", "tiny", "--grid-data", "random:256",
+            "--batch-sizes", "64", "--budget", "0.001", "--out", str(out)]
+    assert main(argv) == 0
+    r = json.loads((out / "gpu_report.json").read_text())
+    assert r["steps"]["throughput"]["status"] in ("stopped at the budget", "skipped: budget spent")
+    assert r["steps"]["grid"]["status"] == "skipped: budget spent" and "wall_s" not in r["grid"]
+    assert r["goals"]["grid_wall_s"]["value"] is None
