@@ -127,12 +127,20 @@ def _throughput(report: dict, s: dict, k: int, torch_device: str | None) -> None
     x = rng.integers(0, 256, (s["samples"], 28, 28), dtype=np.uint8)
     y = rng.integers(0, 10, s["samples"])
     ds = make_dataset(x, y, x[:1000], y[:1000], name="random-mnist-shaped")
+    import jax
+
+    from asgd_jax.sweep import local_mesh
+
+    mesh = local_mesh() if jax.local_device_count() > 1 else None  # as run_group's mesh="auto"
+    devices = jax.local_device_count() if mesh is not None else 1
     chunk = default_chunk_size()
-    label = f"engine ({default_loop()}, chunk {chunk or k}), K={k}"
+    per_call = chunk * devices if chunk else -(-k // devices) * devices  # configs of one call, all devices
+    kk = -(-k // per_call) * per_call
+    label = f"engine ({default_loop()}, chunk {per_call}" + (f" over {devices} devices)" if mesh else ")") + f", K={kk}"
     for b in s["batch_sizes"]:
         trainer = Trainer(TrainConfig(batch_size=b, epochs=2, max_delay=8), ds)
-        rate = benchmark._measure(trainer, k, "auto", chunk)
-        rows.append({"batch_size": b, "driver": label, "configs": k, "config_samples_per_s": rate, "engine": True})
+        rate = benchmark._measure(trainer, kk, "auto", per_call, mesh)
+        rows.append({"batch_size": b, "driver": label, "configs": kk, "config_samples_per_s": rate, "engine": True})
         print(f"batch {b:5d}  {label:<26} {rate:12.0f} config-samples/s", flush=True)
 
 
