@@ -25,7 +25,7 @@ its local objective ``f_i`` at the parameters it was handed, and the goal is
   delay-adaptive step of Mishchenko et al. 2022): step ``gamma * min(1, n/tau)``.
 
 Per method, the step sizes (default ``2^-1 ... 2^-10``, AsGrad's) and seeds run
-as ONE compiled program, ``jit(vmap(vmap(run)))`` over seeds and step sizes: a
+as ONE compiled program, ``jit(lax.map(vmap(run)))`` (seeds one after another, step sizes vmapped): a
 ``lax.scan`` of ``--iterations`` update calls (one call = one gradient computed,
 start-up included), evaluating the full gradient norm ``||grad F(x)||`` every
 ``--iterations / --evals`` calls. The event model depends on the seed only, so
@@ -316,7 +316,7 @@ def method_options(method: str, s: dict) -> dict:
 
 
 def make_program(method: str, s: dict, problem: dict):
-    """``jit(vmap(vmap(run)))`` over seeds (outer) and step sizes (inner) for one method.
+    """``jit(lax.map(vmap(run)))``: seeds one after another (outer), step sizes vmapped (inner), for one method.
 
     Called with ``(steps[G], seeds[S])``, every output has leading axes ``(S, G)``.
     ``run(step, seed)`` returns ``(norm0, norms[E], times[E], versions[E], trace)``:
@@ -333,7 +333,10 @@ def make_program(method: str, s: dict, problem: dict):
     n, lam = s["workers"], s["lam"]
     block = s["iterations"] // s["evals"]
     A, b, w = (jnp.asarray(problem[k]) for k in ("A", "b", "weights"))
-    A_pad, b_pad, w_pad = (jnp.asarray(problem[k]) for k in ("A_pad", "b_pad", "w_pad"))
+    # Each worker's shard as its own array, picked by lax.switch: indexing one stacked array by the worker
+    # copied the shard on every call (and, with seeds vmapped, gathered one copy per seed).
+    shards = [tuple(jnp.asarray(problem[k][i]) for k in ("A_pad", "b_pad", "w_pad")) for i in range(n)]
+    branches = [lambda x, sh=sh: problems.logistic_gradient(x, sh[0], sh[1], lam, sh[2]) for sh in shards]
     model = timing_model(s)
     options = method_options(method, s)
 
@@ -347,7 +350,7 @@ def make_program(method: str, s: dict, problem: dict):
         def call(carry, _):
             x, state = carry
             worker = next_worker(state)
-            g = problems.logistic_gradient(x, A_pad[worker], b_pad[worker], lam, w_pad[worker])
+            g = jax.lax.switch(worker, branches, x)
             arrivals, discarded = state.arrivals, state.discarded
             updates, state = tx.update(g, state, x)
             x = optax.apply_updates(x, updates)
@@ -363,11 +366,12 @@ def make_program(method: str, s: dict, problem: dict):
         _, (norms, times, versions, trace) = jax.lax.scan(evaluate, (x0, tx.init(x0)), None, length=s["evals"])
         return full_norm(x0), norms, times, versions, trace
 
-    # Inner vmap over step sizes, outer over seeds: the event model (times, assignment, who computes the
-    # next gradient) depends on the seed only, so inside the inner vmap it stays unbatched and worker i's
-    # rows are one slice multiplied by all step sizes' parameters at once (a matrix product, not a gather
-    # of one copy of the shard per config).
-    return jax.jit(jax.vmap(jax.vmap(run, in_axes=(0, None)), in_axes=(None, 0)))
+    # The event model (times, assignment, who computes the next gradient) depends on the seed only, so inside
+    # the vmap over step sizes the worker stays unbatched: lax.switch runs one branch, worker i's gradient for
+    # all step sizes' parameters at once (a matrix product). Seeds run one after another (lax.map): vmapped,
+    # the worker would be batched and the switch would compute every branch.
+    runs = jax.vmap(run, in_axes=(0, None))
+    return jax.jit(lambda steps, seeds: jax.lax.map(lambda seed: runs(steps, seed), seeds))
 
 
 def _histogram(values: np.ndarray) -> dict:
