@@ -35,7 +35,10 @@ a copy of the worker's block, twice per gradient); ``copy_rows=False`` uses a
 slice view instead (the same numbers, less memory traffic), reported beside it.
 Their multiset package is replaced by :class:`collections.Counter` (the same
 ``[i] += 1`` / ``-= 1`` operations). Their ``random`` and ``shuffle`` rules are
-not reproduced (the benchmark runs ``pure``).
+not reproduced (the benchmark runs ``pure``). Checked against the authors' own
+files (a :class:`collections.Counter` standing in for ``multiset``) on a
+4-worker problem, ``normal`` and ``fixed`` times, 300 steps: the same delays and
+bitwise the same ``||grad F||`` after every step.
 
 :func:`compare` times this loop (one run at a time, as the authors run their
 grid) against the ``asgrad`` study's compiled program for ``pure``

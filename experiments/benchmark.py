@@ -45,7 +45,8 @@ a NumPy re-implementation of AsGrad's own loop (their ``Nodes`` /
 ``run_optimizer``, without its per-step full-gradient evaluation; float64, one
 run of 300 steps), timed in the same process, interleaved, best of 3 rounds,
 compilation excluded, and their ratio; also the ratio against the NumPy loop
-with slice views instead of the authors' row copies.
+with slice views instead of the authors' row copies. Measured figures and what
+limits them: README, "Speed".
 
 Prints tables and writes ``benchmark.json`` to ``--out``.
 """
