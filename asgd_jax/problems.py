@@ -169,7 +169,7 @@ def logistic_gradient(
     z = b * (A @ x)
     coef = _weights(b, weights) * b * jax.nn.sigmoid(-z)
     x2 = jnp.square(x)
-    return -(A.T @ coef) / A.shape[0] + lam * 2.0 * x / jnp.square(1.0 + x2)
+    return -(coef @ A) / A.shape[0] + lam * 2.0 * x / jnp.square(1.0 + x2)
 
 
 # --- synthetic heterogeneous data ------------------------------------------------------------------

@@ -25,7 +25,8 @@ its local objective ``f_i`` at the parameters it was handed, and the goal is
   delay-adaptive step of Mishchenko et al. 2022): step ``gamma * min(1, n/tau)``.
 
 Per method, the step sizes (default ``2^-1 ... 2^-10``, AsGrad's) and seeds run
-as ONE compiled program, ``jit(vmap(vmap(run)))`` over seeds and step sizes: a
+as ONE compiled program, ``jit(vmap(vmap(run)))`` over seeds and step sizes (on a CPU
+``jit(lax.map(vmap(run)))``, seeds one after another: see ``make_program``): a
 ``lax.scan`` of ``--iterations`` update calls (one call = one gradient computed,
 start-up included), evaluating the full gradient norm ``||grad F(x)||`` every
 ``--iterations / --evals`` calls. The event model depends on the seed only, so
@@ -315,9 +316,13 @@ def method_options(method: str, s: dict) -> dict:
     return {"assignment": "pure", "staleness_scaling": "adaptive"}
 
 
-def make_program(method: str, s: dict, problem: dict):
-    """``jit(vmap(vmap(run)))`` over seeds (outer) and step sizes (inner) for one method.
+def make_program(method: str, s: dict, problem: dict, seeds_in_sequence: bool | None = None):
+    """One compiled program over seeds (outer) and step sizes (inner, vmapped) for one method.
 
+    ``seeds_in_sequence`` (default: on a CPU) runs the seeds one after another,
+    ``jit(lax.map(vmap(run)))``, and picks worker ``i``'s shard with
+    ``lax.switch``; otherwise ``jit(vmap(vmap(run)))`` with the shard indexed
+    out of the stacked ``A_pad`` (one copy per seed and call, cheap on a GPU).
     Called with ``(steps[G], seeds[S])``, every output has leading axes ``(S, G)``.
     ``run(step, seed)`` returns ``(norm0, norms[E], times[E], versions[E], trace)``:
     ``||grad F||`` at ``x0 = 0`` and after every block of ``iterations / evals``
@@ -332,8 +337,19 @@ def make_program(method: str, s: dict, problem: dict):
 
     n, lam = s["workers"], s["lam"]
     block = s["iterations"] // s["evals"]
+    sequence = jax.default_backend() == "cpu" if seeds_in_sequence is None else seeds_in_sequence
     A, b, w = (jnp.asarray(problem[k]) for k in ("A", "b", "weights"))
-    A_pad, b_pad, w_pad = (jnp.asarray(problem[k]) for k in ("A_pad", "b_pad", "w_pad"))
+    # In sequence, each worker's shard is its own array, picked by lax.switch: indexing one stacked array by
+    # the worker copied the shard on every call (with seeds vmapped, a gather of one copy per seed: on
+    # XLA:CPU half of the program's time).
+    stacked = [jnp.asarray(problem[k]) for k in ("A_pad", "b_pad", "w_pad")]
+    shards = [tuple(a[i] for a in stacked) for i in range(n)] if sequence else []
+    branches = [lambda x, sh=sh: problems.logistic_gradient(x, sh[0], sh[1], lam, sh[2]) for sh in shards]
+
+    def local_gradient(x, worker):
+        if sequence:
+            return jax.lax.switch(worker, branches, x)
+        return problems.logistic_gradient(x, *(a[worker] for a in stacked[:2]), lam, stacked[2][worker])
     model = timing_model(s)
     options = method_options(method, s)
 
@@ -347,7 +363,7 @@ def make_program(method: str, s: dict, problem: dict):
         def call(carry, _):
             x, state = carry
             worker = next_worker(state)
-            g = problems.logistic_gradient(x, A_pad[worker], b_pad[worker], lam, w_pad[worker])
+            g = local_gradient(x, worker)
             arrivals, discarded = state.arrivals, state.discarded
             updates, state = tx.update(g, state, x)
             x = optax.apply_updates(x, updates)
@@ -363,11 +379,14 @@ def make_program(method: str, s: dict, problem: dict):
         _, (norms, times, versions, trace) = jax.lax.scan(evaluate, (x0, tx.init(x0)), None, length=s["evals"])
         return full_norm(x0), norms, times, versions, trace
 
-    # Inner vmap over step sizes, outer over seeds: the event model (times, assignment, who computes the
-    # next gradient) depends on the seed only, so inside the inner vmap it stays unbatched and worker i's
-    # rows are one slice multiplied by all step sizes' parameters at once (a matrix product, not a gather
-    # of one copy of the shard per config).
-    return jax.jit(jax.vmap(jax.vmap(run, in_axes=(0, None)), in_axes=(None, 0)))
+    # The event model (times, assignment, who computes the next gradient) depends on the seed only, so inside
+    # the vmap over step sizes the worker stays unbatched: worker i's gradient for all step sizes' parameters
+    # at once is a matrix product (lax.switch runs one branch). Seeds vmapped, the worker is batched (a
+    # switch would compute every branch), hence lax.map in sequence.
+    runs = jax.vmap(run, in_axes=(0, None))
+    if sequence:
+        return jax.jit(lambda steps, seeds: jax.lax.map(lambda seed: runs(steps, seed), seeds))
+    return jax.jit(jax.vmap(runs, in_axes=(None, 0)))
 
 
 def _histogram(values: np.ndarray) -> dict:

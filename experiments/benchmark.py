@@ -46,6 +46,18 @@ size of the paper grid's groups with the PyTorch baseline, ``delay_sweep --prese
 timed, and the goals met or not, in ``gpu_report.json``; it refuses to run without a GPU/TPU unless
 ``--allow-cpu``.
 
+The ``asgrad`` entry (with ``--only asgrad``, ``--only throughput`` and the
+default run; :mod:`experiments.asgrad_numpy`): run-iterations per second
+(gradients computed per run) of the ``asgrad`` study's compiled program for
+``pure`` (5 seeds x 10 step sizes = 50 runs of 1 000 calls in one call, the
+``medium`` problem: 10 workers x 2 500 samples, 300 features, float32) against
+a NumPy re-implementation of AsGrad's own loop (their ``Nodes`` /
+``run_optimizer``, without its per-step full-gradient evaluation; float64, one
+run of 300 steps), timed in the same process, interleaved, best of 3 rounds,
+compilation excluded, and their ratio; also the ratio against the NumPy loop
+with slice views instead of the authors' row copies. Measured figures and what
+limits them: README, "Speed".
+
 Prints tables and writes ``benchmark.json`` to ``--out``.
 """
 
@@ -72,8 +84,10 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--workers", default=16, help="simulated workers for the overhead table (default 16)"
     )
-    p.add_argument("--only", choices=["throughput", "overhead", "transformer", "memory"],
-                   help="run one table: throughput, overhead or memory (LeNet-5), or transformer (tokens/s)")
+    p.add_argument("--only", choices=["throughput", "overhead", "transformer", "memory", "asgrad"],
+                   help="run one table: throughput, overhead or memory (LeNet-5), transformer (tokens/s), or "
+                   "asgrad (the asgrad study's program vs AsGrad's NumPy loop; also part of throughput and the "
+                   "default run)")
     p.add_argument("--memory-configs", default="1,8",
                    help="the memory table's two group sizes, compiled and compared (default 1,8)")
     p.add_argument("--gpu-report", action="store_true",
@@ -361,6 +375,18 @@ def run(args) -> int:
             json.dump(info, f, indent=2)
         print(f"wrote {os.path.join(out, 'benchmark.json')}")
         return 0
+    if args.only == "asgrad":
+        out = common.prepare_out_dir(args.out)
+        import jax
+
+        from experiments import asgrad_numpy
+
+        info = {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()], "jax": jax.__version__,
+                "machine": platform.machine(), "cpus": os.cpu_count(), "asgrad": asgrad_numpy.benchmark_entry()}
+        with open(os.path.join(out, "benchmark.json"), "w", encoding="utf-8") as f:
+            json.dump(info, f, indent=2)
+        print(f"wrote {os.path.join(out, 'benchmark.json')}")
+        return 0
     args.samples = samples = Option("samples", int, low=1).parse(args.samples)
     batch_sizes = Option("batch_sizes", int, many=True, low=1, high=samples).parse(args.batch_sizes)
     args.configs = Option("configs", int, low=1).parse(args.configs)
@@ -459,6 +485,10 @@ def run(args) -> int:
         "lenet5_flops_per_sample": lenet5_flops_per_sample(),
         "overhead": overhead,
     }
+    if args.only != "overhead":  # the asgrad study's program vs AsGrad's NumPy loop
+        from experiments import asgrad_numpy
+
+        info["asgrad"] = asgrad_numpy.benchmark_entry()
     with open(os.path.join(out, "benchmark.json"), "w", encoding="utf-8") as f:
         json.dump(info, f, indent=2)
     print(f"wrote {os.path.join(out, 'benchmark.json')}")

@@ -188,3 +188,23 @@ def test_timing_laws_without_a_spread_run(tmp_path, law):
     (r,) = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert r["timing"] == {"model": law} and r["arrivals"] > 0
     assert r["shares"][0] > r["shares"][-1]  # pure: the fastest worker (s_1 = 1) supplies the most updates
+
+
+def test_seeds_in_sequence_and_vmapped_compute_the_same_runs():
+    """make_program's two layouts (seeds by lax.map with a switch over shards; seeds vmapped with the shard
+    indexed per call) give the same event traces and the same ||grad F|| up to float32 rounding."""
+    import jax
+    import jax.numpy as jnp
+
+    s = small_settings(timing="normal", sigma=1.0, speeds=None, seeds=[0, 1, 2], step_sizes=[0.5, 0.125],
+                       methods=["random"], iterations=40, evals=4)
+    problem = asgrad.load_problem(s)
+    args = (jnp.asarray(s["step_sizes"], jnp.float32), jnp.asarray(s["seeds"], jnp.int32))
+    seq, vm = (jax.tree.map(np.asarray, asgrad.make_program("random", s, problem, flag)(*args)) for flag in (True, False))
+    norm0, norms, times, versions, trace = seq
+    assert norms.shape == (3, 2, 4)
+    assert not np.array_equal(trace[0][0, 0], trace[0][1, 0])  # the seeds dispatch different workers
+    np.testing.assert_allclose(norm0, vm[0], rtol=1e-6)
+    np.testing.assert_allclose(norms, vm[1], rtol=1e-5)
+    for a, b in zip([times, versions, *trace], [vm[2], vm[3], *vm[4]]):
+        np.testing.assert_array_equal(a, b)

@@ -2,8 +2,19 @@
 
 import json
 
-from experiments import benchmark
+import pytest
+
+from experiments import asgrad_numpy, benchmark
 from experiments.__main__ import main
+
+TINY_ASGRAD = dict(iterations=20, numpy_iterations=5, rounds=1, samples_per_worker=10, dim=4, workers=3, seeds=(0, 1),
+                   step_sizes=[0.5, 0.25], pause=0.0)
+
+
+@pytest.fixture(autouse=True)
+def _tiny_asgrad(monkeypatch):
+    """The asgrad comparison (part of --only throughput and the default run) at a tiny size: seconds."""
+    monkeypatch.setattr(asgrad_numpy, "BENCHMARK", TINY_ASGRAD)
 
 
 def test_lenet5_flops_hand_derived():
@@ -32,6 +43,7 @@ def test_tiny_benchmark_writes_summary(tmp_path, capsys):
     assert row["engine_fraction_of_peak"] == eng * info["lenet5_flops_per_sample"] / info["matmul_peak_flops"]
     assert row["ratio_engine_to_torch"] is None  # no --torch
     assert "memory" not in info  # the memory table runs with --only memory and in the default run, not here
+    assert info["asgrad"]["ratio"] > 0  # the asgrad comparison runs with --only throughput too
     assert "of peak" in capsys.readouterr().out
 
 
@@ -206,3 +218,14 @@ def test_gpu_report_budget_guard_still_writes_the_report(tmp_path):
     assert r["steps"]["throughput"]["status"] in ("stopped at the budget", "skipped: budget spent")
     assert r["steps"]["grid"]["status"] == "skipped: budget spent" and "wall_s" not in r["grid"]
     assert r["goals"]["grid_wall_s"]["value"] is None
+def test_asgrad_comparison_entry(tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert main(["benchmark", "--only", "asgrad", "--out", str(out)]) == 0
+    row = json.loads((out / "benchmark.json").read_text())["asgrad"]
+    for k in ("jax_run_iterations_per_s", "numpy_run_iterations_per_s", "ratio", "runs", "iterations",
+              "workers", "samples_per_worker", "dim"):
+        assert row[k] > 0, k
+    assert (row["runs"], row["iterations"], row["workers"], row["samples_per_worker"], row["dim"]) == (4, 20, 3, 10, 4)
+    assert abs(row["ratio"] - row["jax_run_iterations_per_s"] / row["numpy_run_iterations_per_s"]) < 1e-9 * row["ratio"]
+    printed = capsys.readouterr().out
+    assert "asgrad  jax " in printed and " numpy " in printed and " ratio " in printed
