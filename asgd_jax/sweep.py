@@ -231,14 +231,22 @@ def group_configs(configs: Sequence[Mapping[str, Any]], *, eval_batch_size: int 
 
 
 def default_chunk_size() -> int | None:
-    """Configs vmapped per device and call: 2 on CPU, the whole group (``None``) elsewhere.
+    """Configs vmapped per device and call: on a CPU 1 per device when the process has several, else 2; the
+    whole group (``None``) on an accelerator.
 
-    On a CPU, two configs per call keep two cores busy and more configs only add
-    memory traffic, not parallelism (measured figures are in the README's Speed
-    section).
-    An accelerator wants the whole group (capped by :func:`max_configs_per_device`).
+    A CPU split into one device per core (``jax.config.update("jax_num_cpu_devices", n)`` or
+    ``XLA_FLAGS=--xla_force_host_platform_device_count=n`` before JAX starts; ``python -m experiments``
+    does this) runs one config per core, each device's program without intra-op synchronisation; a CPU
+    that is one device keeps two cores busy with two configs per call, and more configs only add memory
+    traffic, not parallelism (measured figures are in the README's Speed section). An accelerator wants
+    the whole group (capped by :func:`max_configs_per_device`).
+
+    >>> default_chunk_size() in (1, 2, None)
+    True
     """
-    return 2 if jax.default_backend() == "cpu" else None
+    if jax.default_backend() != "cpu":
+        return None
+    return 1 if jax.local_device_count() > 1 else 2
 
 
 def local_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:

@@ -108,5 +108,26 @@ def _initialize_distributed() -> None:
         ) from None
 
 
+def _one_cpu_device_per_core() -> None:
+    """Splits the CPU into one JAX device per core (at most 8) before JAX starts, unless the user chose.
+
+    The sweep engine then lays a chunk's configs over the cores, one config per core and device
+    (``asgd_jax.sweep.run_group``'s ``mesh="auto"``), instead of one program whose small operations are
+    split across both threads: at batch 64 on a 2-core CPU about 1.4x the config-samples/s (README, Speed).
+    The device count of an accelerator is not touched; set ``JAX_NUM_CPU_DEVICES=1`` to keep one CPU device.
+    """
+    import os
+
+    if "JAX_NUM_CPU_DEVICES" in os.environ or "xla_force_host_platform_device_count" in os.environ.get(
+            "XLA_FLAGS", ""):
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cores > 1:
+        import jax
+
+        jax.config.update("jax_num_cpu_devices", min(cores, 8))
+
+
 if __name__ == "__main__":
+    _one_cpu_device_per_core()
     sys.exit(main())

@@ -150,6 +150,26 @@ def matmul_peak_flops(n: int = 1024, repeats: int = 10) -> float:
     return 2 * n**3 / best
 
 
+def engine_layout(k: int | None = None) -> tuple[object, int, str]:
+    """What :func:`asgd_jax.sweep.run_group` does with a group of ``k`` configs by default here.
+
+    Returns ``(mesh, per_call, label)``: its ``mesh="auto"`` (this process's devices when it has several,
+    else ``None``), the configs of one call over all devices (:func:`asgd_jax.sweep.default_chunk_size`
+    per device; the whole group, ``k`` rounded up to the devices, where that is ``None``) and a row label.
+    """
+    import jax
+
+    from asgd_jax.sweep import default_chunk_size, local_mesh
+    from asgd_jax.train import default_loop
+
+    devices = jax.local_device_count()
+    mesh = local_mesh() if devices > 1 else None
+    chunk = default_chunk_size()
+    per_call = chunk * devices if chunk else -(-(k or 1) // devices) * devices
+    where = f" over {devices} devices" if mesh is not None else ""
+    return mesh, per_call, f"engine ({default_loop()}, chunk {per_call}{where})"
+
+
 def _measure(trainer, k: int, loop: str, chunk: int | None, mesh=None) -> float:
     """Config-samples per second of one epoch after a warm-up epoch (``chunk`` 0 or None: all ``k`` at once).
 
@@ -289,7 +309,7 @@ def _overhead(batch: int, workers: int, rounds: int = 7, steps: int = 60) -> lis
     ]
 
 
-def _measure_text(trainer, k: int, loop: str, chunk: int | None) -> float:
+def _measure_text(trainer, k: int, loop: str, chunk: int | None, mesh=None) -> float:
     """Config-tokens per second of one epoch after a warm-up epoch (Adam, lr 1e-3, no warm-up)."""
     import jax
     import jax.numpy as jnp
@@ -301,7 +321,8 @@ def _measure_text(trainer, k: int, loop: str, chunk: int | None) -> float:
     times = []
     for _ in range(k // size):
         marks = []
-        run_configs(trainer, keys, hp, loop=loop, on_epoch=lambda e, m: marks.append(time.perf_counter()))
+        run_configs(trainer, keys, hp, loop=loop, mesh=mesh,
+                    on_epoch=lambda e, m: marks.append(time.perf_counter()))
         times.append(marks[1] - marks[0])  # the second epoch: no compilation
     return k * trainer.steps_per_epoch * trainer.config.batch_size * trainer.input_shape[0] / sum(times)
 
@@ -311,8 +332,6 @@ def _transformer_rows(args) -> list[dict]:
     from asgd_jax import TrainConfig, Trainer
     from asgd_jax.data import text_dataset
     from asgd_jax.models import parse_model
-    from asgd_jax.sweep import default_chunk_size
-    from asgd_jax.train import default_loop
 
     try:
         opts = parse_model(args.transformer)[1]
@@ -334,10 +353,10 @@ def _transformer_rows(args) -> list[dict]:
     for b in batches:
         trainer = Trainer(TrainConfig(model=args.transformer, optimizer="adam", batch_size=b, epochs=2,
                                       steps_per_epoch=steps), ds)
-        engine = f"engine ({default_loop()}, chunk {default_chunk_size() or 1})"
-        for label, k, loop, chunk in ((engine, default_chunk_size() or 1, "auto", default_chunk_size()),
-                                      ("scan, K=1", 1, "scan", 0)):
-            rate = _measure_text(trainer, k, loop, chunk)
+        mesh, per_call, engine = engine_layout()
+        for label, k, loop, chunk, on in ((engine, per_call, "auto", per_call, mesh),
+                                          ("scan, K=1", 1, "scan", 0, None)):
+            rate = _measure_text(trainer, k, loop, chunk, on)
             rows.append({"batch_size": b, "driver": label, "configs": k, "tokens_per_s": rate,
                          "engine": label == engine})
             print(f"batch {b:4d} x {t} tokens  {label:<22} {rate:10.0f} config-tokens/s", flush=True)
@@ -406,13 +425,7 @@ def run(args) -> int:
     rows, overhead = [], []
     for b in batch_sizes if args.only != "overhead" else []:
         trainer = Trainer(TrainConfig(batch_size=b, epochs=2, max_delay=8), ds)
-        from asgd_jax.sweep import default_chunk_size, local_mesh
-        from asgd_jax.train import default_loop
-
-        mesh = local_mesh() if jax.local_device_count() > 1 else None  # run_group's mesh="auto"
-        devices = 1 if mesh is None else jax.local_device_count()
-        per_call = (default_chunk_size() or k) * devices
-        engine = f"engine ({default_loop()}, chunk {per_call}" + (f" over {devices} devices)" if mesh else ")")
+        mesh, per_call, engine = engine_layout(k)
         rows_k = -(-k // per_call) * per_call
         for label, kk, loop, chunk, on in (
             (engine, rows_k, "auto", per_call, mesh),

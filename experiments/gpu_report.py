@@ -109,8 +109,6 @@ def _throughput(report: dict, s: dict, k: int, torch_device: str | None) -> None
     """Fills ``report["throughput"]`` row by row (PyTorch first: it shares the machine with nothing yet)."""
     from asgd_jax import TrainConfig, Trainer
     from asgd_jax.data import make_dataset
-    from asgd_jax.sweep import default_chunk_size
-    from asgd_jax.train import default_loop
     from experiments import benchmark
 
     rows = report["throughput"]
@@ -127,16 +125,9 @@ def _throughput(report: dict, s: dict, k: int, torch_device: str | None) -> None
     x = rng.integers(0, 256, (s["samples"], 28, 28), dtype=np.uint8)
     y = rng.integers(0, 10, s["samples"])
     ds = make_dataset(x, y, x[:1000], y[:1000], name="random-mnist-shaped")
-    import jax
-
-    from asgd_jax.sweep import local_mesh
-
-    mesh = local_mesh() if jax.local_device_count() > 1 else None  # as run_group's mesh="auto"
-    devices = jax.local_device_count() if mesh is not None else 1
-    chunk = default_chunk_size()
-    per_call = chunk * devices if chunk else -(-k // devices) * devices  # configs of one call, all devices
+    mesh, per_call, label = benchmark.engine_layout(k)  # what run_group does with the group here
     kk = -(-k // per_call) * per_call
-    label = f"engine ({default_loop()}, chunk {per_call}" + (f" over {devices} devices)" if mesh else ")") + f", K={kk}"
+    label += f", K={kk}"
     for b in s["batch_sizes"]:
         trainer = Trainer(TrainConfig(batch_size=b, epochs=2, max_delay=8), ds)
         rate = benchmark._measure(trainer, kk, "auto", per_call, mesh)
