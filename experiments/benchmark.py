@@ -135,8 +135,10 @@ def _measure(trainer, k: int, loop: str, chunk: int | None) -> float:
 
 
 # Copies of the model that the overhead table's variants hold per simulated worker, all together (the
-# delayed queue, per-worker parameters and gradients of the four asynchronous/synchronous variants), with room.
-_COPIES_PER_WORKER = 12
+# parameters and states of every row: in-flight gradient pools, Malenia's and Ringleader's tables, Downpour's
+# local/accrued/pending copies, the stacked models of AD-PSGD and D-PSGD): 44.2 measured with 16 workers
+# (jax.eval_shape of every row's params and state), with room.
+_COPIES_PER_WORKER = 50
 
 
 def _check_overhead_memory(workers: int) -> None:
@@ -157,6 +159,19 @@ def _check_overhead_memory(workers: int) -> None:
             f"({_COPIES_PER_WORKER} copies of LeNet-5's {params} parameters per worker), more than the "
             f"{0.8 * have / 2**30:.1f} GiB usable here; use at most --workers {most}."
         )
+
+
+# The overhead table's groups, in order, and the first row of each (the rows of a group follow it).
+_OVERHEAD_GROUPS = (("event model", "plain optax SGD"), ("server rules", "clip + staleness-adaptive step"),
+                    ("compute-time models", "stragglers 10 % x5"), ("rounds, Downpour, MindFlayer", "sync "),
+                    ("one model per worker", "AD-PSGD, "), ("context", None))
+
+
+def _overhead_group(names: list[str], name: str) -> str:
+    """The group of row ``name`` (rows in table order ``names``; see :data:`_OVERHEAD_GROUPS`)."""
+    starts = [(next((i for i, v in enumerate(names) if first is not None and v.startswith(first)), len(names) - 1),
+               group) for group, first in _OVERHEAD_GROUPS]
+    return [group for i, group in starts if i <= names.index(name)][-1]
 
 
 def _overhead_variants(workers: int) -> tuple[dict, dict]:
@@ -213,8 +228,8 @@ def _overhead_variants(workers: int) -> tuple[dict, dict]:
             sgd, n, timing=normal, server_rule="sync", backup_workers=min(2, n - 1)),
         f"AllReduce {n}, network": asgd_jax.asynchronous(
             sgd, n, timing=normal, server_rule="sync", communication="allreduce", network=net),
-        f"Downpour {n}, 1 shard": downpour.downpour(sgd, n, timing=normal),
-        f"Downpour {n}, 4 shards, fetch 4/push 2": downpour.downpour(
+        "Downpour, 1 shard": downpour.downpour(sgd, n, timing=normal),
+        "Downpour, 4 shards, fetch4/push2": downpour.downpour(
             sgd, n, shards=4, n_fetch=4, n_push=2, local_learning_rate=0.01, timing=normal,
             network=network.network(0.001, 5e6), shard_latency=jnp.array([0.0, 0.001, 0.002, 0.003])),
         "MindFlayer, budget 2": asgd_jax.mindflayer(
@@ -292,9 +307,10 @@ def _overhead(batch: int, workers: int, rounds: int = 7, steps: int = 60) -> lis
             best[name] = min(best[name], per_gradient)
             states[name] = (p, s)
     base = best["plain optax SGD"]
+    names = list(best)
     return [
         {"batch_size": batch, "variant": name, "ms_per_step": 1e3 * t, "ratio_to_plain": t / base,  # per gradient
-         "models": n if name in stacked or name == runs else 1}
+         "models": n if name in stacked or name == runs else 1, "group": _overhead_group(names, name)}
         for name, t in best.items()
     ]
 
