@@ -310,16 +310,20 @@ def ad_psgd(inner: optax.GradientTransformation, workers: int, *, peers="exponen
             j = jnp.where(n > 1, other + (other >= i), i).astype(jnp.int32)
         else:
             j = state.peers[i, k % state.peers.shape[1]]
-        xi, xj = _row(params, i), _row(params, j)
-        avg = jax.tree.map(lambda a, b: (a + b) / 2, xi, xj)
-        step, si = inner.update(g, _row(state.inner_state, i), avg, **extra_args)
-        # rows only (O(one model)); the dense update is written once, into zeros
-        masked = lambda d: jnp.where(arrived, d, jnp.zeros_like(d))
-        zeros = jax.tree.map(jnp.zeros_like, params)
-        out = _set_row(_set_row(zeros, j, jax.tree.map(lambda a, x: masked(a - x), avg, xj)), i,
-                       jax.tree.map(lambda a, u, x: masked(a + u - x), avg, step, xi))
-        old = _row(state.inner_state, i)
-        inner_state = _set_row(state.inner_state, i, jax.tree.map(lambda a, b: jnp.where(arrived, a, b), si, old))
+        xi, xj, old = _row(params, i), _row(params, j), _row(state.inner_state, i)
+
+        def exchange(xi, xj, old, g):  # x_i, x_j <- (x_i + x_j) / 2, then x_i steps: the two rows' changes
+            avg = jax.tree.map(lambda a, b: (a + b) / 2, xi, xj)
+            step, si = inner.update(g, old, avg, **extra_args)
+            return (jax.tree.map(lambda a, x: a - x, avg, xj),
+                    jax.tree.map(lambda a, u, x: a + u - x, avg, step, xi), si)
+
+        # A cond, not a select: its rows are materialized (O(one model)), so the writes below are in place;
+        # with the rows fused into them XLA:CPU copied all n models of params and inner_state per step.
+        dj, di, si = jax.lax.cond(arrived, exchange, lambda xi, xj, old, g: (
+            jax.tree.map(jnp.zeros_like, xj), jax.tree.map(jnp.zeros_like, xi), old), xi, xj, old, g)
+        out = _set_row(_set_row(jax.tree.map(jnp.zeros_like, params), j, dj), i, di)
+        inner_state = _set_row(state.inner_state, i, si)
         link = state.link
         if link is not None:
             free = arrival.time + network_lib.peer_message_time(link.network, i, j)
@@ -384,10 +388,16 @@ def dpsgd(inner: optax.GradientTransformation, workers: int, *, mixing="ring", t
         finish = jnp.where(p == 0, drawn, ev.jobs.finish)
         grads = _set_row(state.grads, p, updates)
         barrier = p >= n - 1
-        mixed = jax.tree.map(lambda x: jnp.einsum("ij,j...->i...", state.peers.astype(x.dtype), x), params)
-        step, new_inner = jax.vmap(lambda g, s, x: inner.update(g, s, x, **extra_args))(
-            grads, state.inner_state, mixed)
-        out = jax.tree.map(lambda m, u, x: jnp.where(barrier, m + u - x, jnp.zeros_like(x)), mixed, step, params)
+
+        def round_end(grads, inner_state, params):  # x <- Wx, then every worker steps
+            mixed = jax.tree.map(lambda x: jnp.einsum("ij,j...->i...", state.peers.astype(x.dtype), x), params)
+            step, new_inner = jax.vmap(lambda g, s, x: inner.update(g, s, x, **extra_args))(
+                grads, inner_state, mixed)
+            return jax.tree.map(lambda m, u, x: m + u - x, mixed, step, params), new_inner
+
+        # A cond: the mixing (n^2 models' worth of multiply-adds) and the n steps run once per round, not per call.
+        out, inner_state = jax.lax.cond(barrier, round_end, lambda g, s, x: (jax.tree.map(jnp.zeros_like, x), s),
+                                        grads, state.inner_state, params)
         done, link = jnp.max(finish), state.link
         if link is not None:
             t = network_lib.peer_message_time(link.network, ids[:, None], ids[None, :])
@@ -401,7 +411,6 @@ def dpsgd(inner: optax.GradientTransformation, workers: int, *, mixing="ring", t
             last_worker=jnp.where(barrier, jnp.argmax(finish).astype(jnp.int32), ev.last_worker),
             next_worker=jnp.where(barrier, zero, p + 1), in_flight=jnp.where(barrier, zero, p + 1),
             jobs=ev.jobs._replace(finish=finish), key=key)
-        inner_state = jax.tree.map(lambda a, b: jnp.where(barrier, a, b), new_inner, state.inner_state)
         return out, state._replace(events=ev, grads=grads, inner_state=inner_state, link=link)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -323,10 +323,44 @@ def _row_mean(table, weights):
     return jax.tree.map(lambda t: jnp.tensordot(weights.astype(t.dtype), t, axes=1), table)
 
 
+def _add_row(table, worker, tree, restart):
+    """``table`` plus ``tree`` in row ``worker`` only (O(one model), in place); ``restart``: the row is stale
+    (its count is 0) and is overwritten, :math:`0 + g`, exactly what a cleared row gives."""
+    def one(t, g):
+        row = jax.lax.dynamic_index_in_dim(t, worker, keepdims=False)
+        row = jnp.where(restart, jnp.zeros_like(row), row) + g.astype(t.dtype)
+        return jax.lax.dynamic_update_index_in_dim(t, row, worker, 0)
+    return jax.tree.map(one, table, tree)
+
+
+def _valid_rows(table, counts):
+    """``table`` with the rows of count 0 read as zero (the lazily cleared rows of :func:`_add_row`)."""
+    keep = lambda t: jnp.where((counts > 0).reshape((-1,) + (1,) * (t.ndim - 1)), t, jnp.zeros_like(t))
+    return jax.tree.map(keep, table)
+
+
+def _step_if(apply, inner, table, weights, inner_state, params, counts=None, **extra_args):
+    """``(updates, inner_state)``: :math:`\\text{inner}(\\sum_i w_i\\,\\text{table}_i)` when ``apply``, else
+    zeros and the state as it was (``counts``: rows of count 0 read as zero). A cond: the table (all
+    workers' rows) is read only on a step."""
+    def step(table, inner_state):
+        return inner.update(_row_mean(table if counts is None else _valid_rows(table, counts), weights),
+                            inner_state, params, **extra_args)
+
+    def idle(table, inner_state):
+        shapes = jax.eval_shape(step, table, inner_state)[0]
+        return jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes), inner_state
+
+    return jax.lax.cond(apply, step, idle, table, inner_state)
+
+
 class MaleniaState(NamedTuple):
     """State of :func:`malenia`: the batch :math:`S` (0: the active worker count), ``max_staleness`` (0),
-    per-worker ``sums`` and ``counts`` of the gradients at the current iterate, ``stepped``, ``discarded``,
+    per-worker ``sums`` and ``counts`` of the gradients at the current iterate (a row whose count is 0 is
+    stale and reads as zero: a step resets the counts and leaves the rows), ``stepped``, ``discarded``,
     the wrapped optimizer's state and ``invalid`` (a traced negative ``S``)."""
+
+    per_worker_tables = True  # parameter_server updates this state under a cond (rows in place)
 
     batch: jax.Array
     max_staleness: jax.Array
@@ -390,22 +424,20 @@ def malenia(inner: optax.GradientTransformation, max_workers: int, batch=None
     def update_fn(updates, state, params=None, *, staleness, worker, active_workers, **extra_args):
         fresh = jnp.asarray(staleness) <= state.max_staleness
         n = jnp.asarray(active_workers, jnp.int32)
-        sums = jax.tree.map(lambda a, g: a.at[worker].add(jnp.where(fresh, g, 0).astype(a.dtype)),
-                            state.sums, updates)
+        # rows of count 0 are stale (cleared lazily: a step resets the counts, not the n rows)
+        sums = _add_row(state.sums, worker, jax.tree.map(lambda g: jnp.where(fresh, g, 0), updates),
+                        state.counts[worker] == 0)
         counts = state.counts.at[worker].add(fresh.astype(jnp.int32))
         active = jnp.arange(size) < n
         inv = jnp.where(active, jnp.where(counts > 0, 1.0 / jnp.maximum(counts, 1), jnp.inf), 0.0)
         nf = n.astype(jnp.float32)
         s = jnp.where(state.batch > 0, state.batch, nf)
         apply = fresh & (s * jnp.sum(inv) <= nf * nf * (1 + 1e-6))
-        g = _row_mean(sums, jnp.where(active, 1.0 / jnp.maximum(counts, 1), 0.0) / nf)
-        new_updates, new_inner = inner.update(g, state.inner_state, params, staleness=staleness, worker=worker,
-                                              active_workers=active_workers, **extra_args)
-        out = jax.tree.map(lambda u: jnp.where(apply, u, jnp.zeros_like(u)), new_updates)
-        sums = jax.tree.map(lambda a: jnp.where(apply, jnp.zeros_like(a), a), sums)
+        out, inner_state = _step_if(apply, inner, sums, jnp.where(active, 1.0 / jnp.maximum(counts, 1), 0.0) / nf,
+                                    state.inner_state, params, counts, staleness=staleness, worker=worker,
+                                    active_workers=active_workers, **extra_args)
         return out, state._replace(sums=sums, counts=jnp.where(apply, 0, counts), stepped=apply,
-                                   discarded=state.discarded + (~fresh).astype(jnp.int32),
-                                   inner_state=_select(apply, new_inner, state.inner_state))
+                                   discarded=state.discarded + (~fresh).astype(jnp.int32), inner_state=inner_state)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -414,7 +446,10 @@ class RingleaderState(NamedTuple):
     """State of :func:`ringleader`: the gradient table (per-worker ``sums`` and ``counts`` of the current
     cycle), the temporary table (``next_sums``, ``next_counts``: what workers deliver after their step of
     the cycle), ``updating`` (phase 2), ``owes`` (the workers whose step of the cycle is still due),
-    ``stepped`` and the wrapped optimizer's state."""
+    ``stepped`` and the wrapped optimizer's state. In both tables a row whose count is 0 is stale and
+    reads as zero (the tables are cleared by resetting the counts)."""
+
+    per_worker_tables = True  # parameter_server updates this state under a cond (rows in place)
 
     sums: Any
     counts: jax.Array
@@ -477,24 +512,25 @@ def ringleader(inner: optax.GradientTransformation, max_workers: int) -> optax.G
         ids = jnp.arange(size)
         active, me = ids < jnp.asarray(active_workers, jnp.int32), ids == worker
         to_next = state.updating & ~state.owes[worker]               # already stepped in this cycle
-        add = lambda on: lambda a, g: a.at[worker].add(jnp.where(on, g, 0).astype(a.dtype))
-        sums = jax.tree.map(add(~to_next), state.sums, updates)
-        next_sums = jax.tree.map(add(to_next), state.next_sums, updates)
+        # rows of count 0 are stale (cleared lazily: a transition resets the counts, not the n rows)
+        add = lambda on, table, count: _add_row(table, worker, jax.tree.map(lambda g: jnp.where(on, g, 0), updates),
+                                                count[worker] == 0)
+        sums = add(~to_next, state.sums, state.counts)
+        next_sums = add(to_next, state.next_sums, state.next_counts)
         counts = state.counts.at[worker].add((~to_next).astype(jnp.int32))
         next_counts = state.next_counts.at[worker].add(to_next.astype(jnp.int32))
         fills = ~state.updating & jnp.all((counts > 0) | ~active)    # phase 1 ends with this arrival
         apply = fills | (state.updating & state.owes[worker])
         owes = jnp.where(fills, active & ~me, state.owes & ~(me & apply))
         done = (state.updating | fills) & ~jnp.any(owes)             # the cycle's n-th step: transition
-        g = _row_mean(sums, jnp.where(active, 1.0 / jnp.maximum(counts, 1), 0.0) / jnp.sum(active))
-        new_updates, new_inner = inner.update(g, state.inner_state, params, worker=worker,
-                                              active_workers=active_workers, **extra_args)
-        out = jax.tree.map(lambda u: jnp.where(apply, u, jnp.zeros_like(u)), new_updates)
+        out, inner_state = _step_if(apply, inner, sums,
+                                    jnp.where(active, 1.0 / jnp.maximum(counts, 1), 0.0) / jnp.sum(active),
+                                    state.inner_state, params, counts, worker=worker,
+                                    active_workers=active_workers, **extra_args)
         return out, RingleaderState(
-            sums=_select(done, next_sums, sums), counts=jnp.where(done, next_counts, counts),
-            next_sums=jax.tree.map(lambda a: jnp.where(done, jnp.zeros_like(a), a), next_sums),
-            next_counts=jnp.where(done, 0, next_counts), updating=(state.updating | fills) & ~done,
-            owes=owes & ~done, stepped=apply, inner_state=_select(apply, new_inner, state.inner_state))
+            sums=jax.lax.cond(done, lambda a, b: b, lambda a, b: a, sums, next_sums), counts=jnp.where(done, next_counts, counts),
+            next_sums=next_sums, next_counts=jnp.where(done, 0, next_counts),
+            updating=(state.updating | fills) & ~done, owes=owes & ~done, stepped=apply, inner_state=inner_state)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 

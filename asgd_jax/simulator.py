@@ -177,6 +177,12 @@ def _stepped(server_state) -> jax.Array | None:
     return out
 
 
+def _has_tables(server_state) -> bool:
+    """Whether the chain keeps per-worker tables (a state class with ``per_worker_tables``: Malenia, Ringleader)."""
+    marked = lambda x: getattr(type(x), "per_worker_tables", False)
+    return any(marked(x) for x in jax.tree.leaves(server_state, is_leaf=marked))
+
+
 def _accepted(server_state, staleness) -> jax.Array:
     """Whether ``staleness`` is within every ``max_staleness`` limit of the chain (a drop rule keeps it)."""
     out = jnp.ones([], bool)
@@ -302,13 +308,24 @@ def parameter_server(server: optax.GradientTransformation, workers, *, timing=1.
             if params is None:
                 raise ValueError("keep_params (DC-ASGD) needs params: call update(grads, state, params).")
             stale_params, stale = write_then_read(stale_params, params, arrival.new_slot, arrival.slot)
-        new_updates, new_server = server.update(
-            g, state.server_state, params, staleness=arrival.staleness, stale_params=stale,
-            active_workers=active, worker=arrival.worker,
-            accepted=_accepted(state.server_state, arrival.staleness), **extra_args)
-        stepped = _stepped(new_server)
+
+        def serve(g, server_state, stale):
+            return server.update(g, server_state, params, staleness=arrival.staleness, stale_params=stale,
+                                 active_workers=active, worker=arrival.worker,
+                                 accepted=_accepted(server_state, arrival.staleness), **extra_args)
+
+        def wait(g, server_state, stale):  # no arrival: the chain's state stays
+            shapes = jax.eval_shape(serve, g, server_state, stale)[0]
+            return jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes), server_state
+
+        if _has_tables(state.server_state):  # a cond: the n rows are written in place, not selected
+            new_updates, server_state = jax.lax.cond(arrival.arrived, serve, wait, g, state.server_state, stale)
+        else:  # a select keeps the updates fused with apply_updates (XLA:CPU may contract p - lr * g)
+            new_updates, new_server = serve(g, state.server_state, stale)
+            server_state = jax.tree.map(lambda a, b: jnp.where(arrival.arrived, a, b), new_server,
+                                        state.server_state)
+        stepped = _stepped(server_state)
         stepped = arrival.arrived if stepped is None else arrival.arrived & stepped
-        server_state = jax.tree.map(lambda a, b: jnp.where(arrival.arrived, a, b), new_server, state.server_state)
         ev = events.record_step(ev, stepped, assignment)
         if stop_stale:
             ev = _stop_stale(ev, server_state)

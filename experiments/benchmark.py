@@ -197,8 +197,10 @@ def _measure(trainer, k: int, loop: str, chunk: int | None, mesh=None) -> float:
 
 
 # Copies of the model that the overhead table's variants hold per simulated worker, all together (the
-# delayed queue, per-worker parameters and gradients of the four asynchronous/synchronous variants), with room.
-_COPIES_PER_WORKER = 12
+# parameters and states of every row: in-flight gradient pools, Malenia's and Ringleader's tables, Downpour's
+# local/accrued/pending copies, the stacked models of AD-PSGD and D-PSGD): 44.2 measured with 16 workers
+# (jax.eval_shape of every row's params and state), with room.
+_COPIES_PER_WORKER = 50
 
 
 def _check_overhead_memory(workers: int) -> None:
@@ -221,15 +223,100 @@ def _check_overhead_memory(workers: int) -> None:
         )
 
 
+# The overhead table's groups, in order, and the first row of each (the rows of a group follow it).
+_OVERHEAD_GROUPS = (("event model", "plain optax SGD"), ("server rules", "clip + staleness-adaptive step"),
+                    ("compute-time models", "stragglers 10 % x5"), ("rounds, Downpour, MindFlayer", "sync "),
+                    ("one model per worker", "AD-PSGD, "), ("context", None))
+
+
+def _overhead_group(names: list[str], name: str) -> str:
+    """The group of row ``name`` (rows in table order ``names``; see :data:`_OVERHEAD_GROUPS`)."""
+    starts = [(next((i for i, v in enumerate(names) if first is not None and v.startswith(first)), len(names) - 1),
+               group) for group, first in _OVERHEAD_GROUPS]
+    return [group for i, group in starts if i <= names.index(name)][-1]
+
+
+def _overhead_variants(workers: int) -> tuple[dict, dict]:
+    """The overhead table's systems, grouped: ``(one server model, one model per worker)``, name -> transform.
+
+    Every system takes one gradient per ``update`` (16 workers by default) of the same LeNet-5 step; the
+    first group keeps one server model (the event model and the rules around it, the synchronous and
+    Downpour servers, MindFlayer), the second one model per worker (AD-PSGD, D-PSGD).
+    """
+    import jax.numpy as jnp
+    import optax
+
+    import asgd_jax
+    from asgd_jax import downpour, network, rules, timing
+
+    sgd = optax.sgd(0.01, momentum=0.9)
+    n = workers
+    normal = timing.normal(1.0, 0.2)
+    speeds = timing.per_worker(timing.normal(1.0, 0.2), jnp.arange(1, n + 1, dtype=jnp.float32))
+    net = network.network(0.001, 5e6, server_bandwidth=5e6 / n)
+    ps = lambda server, **kw: asgd_jax.parameter_server(server, n, timing=kw.pop("timing", normal), **kw)
+    one = {
+        # the event model (asgd_jax.asynchronous) and its assignment rules
+        "plain optax SGD": sgd,
+        f"delayed, d={n - 1}": asgd_jax.delayed(sgd, n - 1),
+        f"async {n}, pure, fixed": asgd_jax.asynchronous(sgd, n),
+        f"async {n}, shuffle, lognormal": asgd_jax.asynchronous(
+            sgd, n, timing=timing.lognormal(1.0, 0.5), assignment="shuffle"),
+        f"async {n}, random, DC-ASGD-a": asgd_jax.asynchronous(
+            sgd, n, timing=normal, assignment="random", compensation="dc-a"),
+        f"async {n}, pure, network": asgd_jax.asynchronous(sgd, n, timing=normal, network=net),
+        # server rules
+        "clip + staleness-adaptive step": asgd_jax.asynchronous(
+            sgd, n, timing=normal, clip_norm=1.0, staleness_scaling="adaptive"),
+        f"Rennala, S={n}": asgd_jax.asynchronous(sgd, n, timing=speeds, max_staleness=0, accumulate=n),
+        f"Ringmaster, R={n // 2}, stop": asgd_jax.asynchronous(
+            sgd, n, timing=speeds, max_staleness=max(n // 2, 1), stop_stale=True),
+        f"fastest m={max(n // 2, 1)}": asgd_jax.asynchronous(sgd, n, timing=speeds, fastest=max(n // 2, 1)),
+        f"Malenia, S={n}": ps(rules.malenia(sgd, n, batch=n), timing=speeds),
+        "Ringleader": ps(rules.ringleader(sgd, n), timing=speeds),
+        "Rescaled": ps(optax.chain(rules.scale_by_compute_time(jnp.arange(1, n + 1, dtype=jnp.float32)), sgd),
+                       timing=speeds),
+        "gradual introduction": asgd_jax.asynchronous(
+            sgd, n, timing=normal, initial_workers=max(n // 4, 1), add_workers=max(n // 4, 1), add_every=n),
+        # compute-time models
+        "stragglers 10 % x5": asgd_jax.asynchronous(sgd, n, timing=timing.stragglers(normal, 0.1, 5.0)),
+        "budgeted Pareto": asgd_jax.asynchronous(
+            sgd, n, timing=timing.budgeted(timing.pareto(1.0, 1.5), 3.0)),
+        "time-varying speed": asgd_jax.asynchronous(
+            sgd, n, timing=timing.piecewise_speed(normal, [0.0, 50.0], [1.0, 0.5], period=100.0)),
+        "a failing worker": asgd_jax.asynchronous(sgd, n, timing=timing.failing(normal, 0, 10.0, 60.0)),
+        # synchronous rounds, Downpour, MindFlayer
+        f"sync {n}, {min(2, n - 1)} backups": asgd_jax.asynchronous(
+            sgd, n, timing=normal, server_rule="sync", backup_workers=min(2, n - 1)),
+        f"AllReduce {n}, network": asgd_jax.asynchronous(
+            sgd, n, timing=normal, server_rule="sync", communication="allreduce", network=net),
+        "Downpour, 1 shard": downpour.downpour(sgd, n, timing=normal),
+        "Downpour, 4 shards, fetch4/push2": downpour.downpour(
+            sgd, n, shards=4, n_fetch=4, n_push=2, local_learning_rate=0.01, timing=normal,
+            network=network.network(0.001, 5e6), shard_latency=jnp.array([0.0, 0.001, 0.002, 0.003])),
+        "MindFlayer, budget 2": asgd_jax.mindflayer(
+            sgd, n, budgets=2.0, attempts=1, timing=timing.lognormal(1.0, 0.5)),
+    }
+    stacked = {
+        f"AD-PSGD, {n} models, network": asgd_jax.ad_psgd(
+            sgd, n, peers="exponential" if n % 2 == 0 or n == 1 else "ring", timing=normal,
+            network=network.network(0.001, 5e6)),
+        f"AD-PSGD, {n} models, random": asgd_jax.ad_psgd(sgd, n, peers="random", timing=normal),
+        f"D-PSGD, {n} models, ring": asgd_jax.dpsgd(sgd, n, timing=normal),
+        f"D-PSGD, {n} models, complete, net": asgd_jax.dpsgd(
+            sgd, n, mixing="complete", timing=normal, network=network.network(0.001, 5e6)),
+    }
+    return one, stacked
+
+
 def _overhead(batch: int, workers: int, rounds: int = 7, steps: int = 60) -> list[dict]:
-    """Time per jitted LeNet-5 step for plain SGD and for simulated systems around it."""
+    """Time per jitted LeNet-5 step for plain SGD and for simulated systems around it (one gradient per step)."""
     import jax
     import jax.numpy as jnp
     import optax
 
     import asgd_jax
     from asgd_jax import decentralized as dec
-    from asgd_jax import network, timing
 
     model = asgd_jax.LeNet5()
     rng = np.random.default_rng(0)
@@ -242,41 +329,20 @@ def _overhead(batch: int, workers: int, rounds: int = 7, steps: int = 60) -> lis
 
     sgd = optax.sgd(0.01, momentum=0.9)
     n = workers
-    variants = {
-        "plain optax SGD": sgd,
-        f"delayed, d={n - 1}": asgd_jax.delayed(sgd, n - 1),
-        f"async {n}, pure, fixed": asgd_jax.asynchronous(sgd, n),
-        f"async {n}, shuffle, lognormal": asgd_jax.asynchronous(
-            sgd, n, timing=timing.lognormal(1.0, 0.5), assignment="shuffle"
-        ),
-        f"async {n}, random, DC-ASGD-a": asgd_jax.asynchronous(
-            sgd, n, timing=timing.normal(1.0, 0.2), assignment="random", compensation="dc-a"
-        ),
-        f"sync {n}, {min(2, n - 1)} backups": asgd_jax.asynchronous(
-            sgd, n, timing=timing.normal(1.0, 0.2), server_rule="sync", backup_workers=min(2, n - 1)
-        ),
-        f"async {n}, pure, network": asgd_jax.asynchronous(
-            sgd, n, timing=timing.normal(1.0, 0.2), network=network.network(0.001, 5e6, server_bandwidth=5e6 / n)
-        ),
-    }
-    stacked = {
-        f"AD-PSGD, {n} models, network": asgd_jax.ad_psgd(
-            sgd, n, peers="exponential" if n % 2 == 0 or n == 1 else "ring", timing=timing.normal(1.0, 0.2),
-            network=network.network(0.001, 5e6)),
-        f"D-PSGD, {n} models, ring": asgd_jax.dpsgd(sgd, n, timing=timing.normal(1.0, 0.2)),
-    }
+    variants, stacked = _overhead_variants(n)
     variants.update(stacked)
     steps_fns, states = {}, {}
     for name, tx in variants.items():
 
-        def step(p, s, tx=tx):
+        def step(p, s, tx=tx):  # the gradient at the worker's model (its own row, or a Downpour local copy)
             updates, s = tx.update(jax.grad(loss)(dec.worker_params(s, p)), s, p)
             return optax.apply_updates(p, updates), s
 
         steps_fns[name] = jax.jit(step, donate_argnums=(0, 1))
         p = dec.replicate(params0, n) if name in stacked else params0
         p = jax.tree.map(jnp.copy, p)
-        states[name] = steps_fns[name](p, tx.init(p))  # compile + warm up
+        s = jax.tree.map(jnp.copy, tx.init(p))  # no buffer shared inside the state (both are donated)
+        states[name] = steps_fns[name](p, s)  # compile + warm up
     # the same work as n separate single-model runs, batched: one vmapped call is n gradients
     runs = f"{n} separate runs, vmapped"
 
@@ -303,8 +369,10 @@ def _overhead(batch: int, workers: int, rounds: int = 7, steps: int = 60) -> lis
             best[name] = min(best[name], per_gradient)
             states[name] = (p, s)
     base = best["plain optax SGD"]
+    names = list(best)
     return [
-        {"batch_size": batch, "variant": name, "ms_per_step": 1e3 * t, "ratio_to_plain": t / base}  # per gradient
+        {"batch_size": batch, "variant": name, "ms_per_step": 1e3 * t, "ratio_to_plain": t / base,  # per gradient
+         "models": n if name in stacked or name == runs else 1, "group": _overhead_group(names, name)}
         for name, t in best.items()
     ]
 
