@@ -51,6 +51,7 @@ __all__ = [
     "config_id",
     "group_configs",
     "default_chunk_size",
+    "mesh_for_group",
     "CONFIG_AXIS",
     "local_mesh",
     "SweepMemoryError",
@@ -271,6 +272,26 @@ def _resolve_mesh(mesh) -> Mesh | None:
             raise ValueError(f"mesh must be a jax.sharding.Mesh, None or 'auto', got {mesh!r}.")
         return local_mesh() if jax.local_device_count() > 1 else None
     return mesh
+
+
+def mesh_for_group(mesh: Mesh | None, num_configs: int) -> Mesh | None:
+    """``mesh`` cut to its first ``num_configs`` devices when a group has fewer configs than it has devices.
+
+    A chunk is padded to a multiple of the mesh's devices with copies of its last
+    config; for a group of fewer configs than devices those copies would only
+    take cores from the real configs (on a 2-core CPU split into one device per
+    core, a lone LeNet-5 config at batch 512 padded to both devices trained at
+    about 17 000 samples/s, against 28 000 on one device using both cores'
+    threads).
+
+    Example:
+        >>> from asgd_jax.sweep import local_mesh, mesh_for_group
+        >>> mesh_for_group(local_mesh(), 1).devices.size
+        1
+    """
+    if mesh is None or num_configs >= mesh.devices.size:
+        return mesh
+    return Mesh(np.asarray(mesh.devices).reshape(-1)[: max(1, num_configs)], mesh.axis_names)
 
 
 class SweepMemoryError(ValueError):
@@ -548,7 +569,7 @@ def run_group(
         Non-finite numbers are ``None``.
     """
     trainer = trainer or Trainer(group.train_config, dataset)
-    mesh = _resolve_mesh(mesh)
+    mesh = mesh_for_group(_resolve_mesh(mesh), len(group.configs))
     num_devices = 1 if mesh is None else int(mesh.devices.size)
     fit = max_configs_per_device(trainer, memory_budget)
     results = []

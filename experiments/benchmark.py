@@ -10,7 +10,10 @@ size and each way of driving a group of K configs:
 * ``scan, K=1`` / ``scan, vmap K``: one config / K configs vmapped, the epoch's
   steps inside ``lax.scan``;
 * ``engine``: what :func:`asgd_jax.sweep.run_group` does by default on this backend
-  (:func:`asgd_jax.train.default_loop` and :func:`asgd_jax.sweep.default_chunk_size`);
+  (:func:`asgd_jax.train.default_loop`, :func:`asgd_jax.sweep.default_chunk_size` per
+  device, and the configs laid over this process's devices when it has several:
+  ``python -m experiments`` makes a CPU one device per core; :func:`engine_layout`);
+  the other rows run on one device;
 * ``torch`` (with ``--torch``): the PyTorch baseline of experiments/torch_baseline.py
   (delayed ``torch.optim.SGD``, delay 4, configs one by one), timed the same way.
 

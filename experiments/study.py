@@ -188,8 +188,8 @@ DATA_DIR = Option("data_dir", str, help="TFDS data directory (tfds: sources only
 LOOP = Option("loop", str, choices=("auto", "step", "scan"), run_option=True,
               help="scan (auto): each epoch one compiled program; step: one jitted step per call from Python")
 CHUNK_SIZE = Option("chunk_size", int, low=0, run_option=True,
-                    help="configs vmapped per call and device (default: 2 on CPU, the whole group on GPU/TPU; "
-                    "0 = whole group)")
+                    help="configs vmapped per call and device (default: 1 per core on CPU, which runs as one "
+                    "device per core; 2 on a CPU left as one device; the whole group on GPU/TPU; 0 = whole group)")
 SEEDS = Option("seeds", int, many=True, help="comma-separated seeds, e.g. 0,1,2")
 EPOCHS = Option("epochs", int, low=1)
 
@@ -451,8 +451,7 @@ def training_plan(ctx: Context, configs: list[dict]) -> list[Unit]:
 
     from asgd_jax import Trainer, sweep
 
-    mesh = sweep.local_mesh() if jax.local_device_count() > 1 else None
-    devices = 1 if mesh is None else mesh.devices.size
+    local = sweep.local_mesh() if jax.local_device_count() > 1 else None
     plain = [{k: v for k, v in c.items() if k not in ctx.study.label_fields} for c in configs]
     units = []
     try:
@@ -461,6 +460,8 @@ def training_plan(ctx: Context, configs: list[dict]) -> list[Unit]:
                 trainer = Trainer(g.train_config, ctx.data)
             except ValueError as e:
                 raise UsageError(str(e)) from None
+            mesh = sweep.mesh_for_group(local, len(g.configs))  # a lone config keeps every core's threads
+            devices = 1 if mesh is None else mesh.devices.size
             fit = sweep.max_configs_per_device(trainer)
             for ch in sweep.plan_chunks(g, chunk_size=ctx.run["chunk_size"], num_devices=devices,
                                         max_per_device=fit):

@@ -54,6 +54,7 @@ _SHARDED_SCRIPT = textwrap.dedent(
     alone = sweep.group_configs([configs[4]])[0]
     res = sweep.run_group(alone, ds, mesh=sweep.local_mesh(jax.devices()[5:6]))
     out["alone"] = [[r["config_id"], r["train_loss_per_epoch"], r["test_loss_per_epoch"]] for r in res]
+    out["mesh_for_group"] = [sweep.mesh_for_group(sweep.local_mesh(), n).devices.size for n in (1, 3, 8, 11)]
     # programs compiled after a sharded run's first epoch (each loop driver, a fresh trainer): none expected
     import dataclasses
     import jax.numpy as jnp
@@ -101,6 +102,11 @@ def test_sharded_equals_unsharded(sharded_runs, name):
     for (_, train_a, test_a), (_, train_b, test_b) in zip(ref, got):
         np.testing.assert_allclose(train_b, train_a, rtol=RTOL, atol=ATOL)
         np.testing.assert_allclose(test_b, test_a, rtol=RTOL, atol=ATOL)
+
+
+def test_a_group_smaller_than_the_mesh_uses_only_as_many_devices(sharded_runs):
+    # padding a lone config to 8 devices would run 7 copies of it beside it
+    assert sharded_runs["mesh_for_group"] == [1, 3, 8, 8]
 
 
 def test_sharded_run_compiles_only_in_its_first_epoch(sharded_runs):
