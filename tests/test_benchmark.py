@@ -52,7 +52,11 @@ def test_bad_batch_size_is_one_line_error(tmp_path, capsys):
     assert "--batch-sizes" in capsys.readouterr().err
 
 
-def test_overhead_table_times_every_system_per_gradient(tmp_path, capsys):
+def test_overhead_table_times_every_system_per_gradient(tmp_path, capsys, monkeypatch):
+    import functools
+
+    # one round of 2 timed steps per row (the table's own 7 rounds of 60 steps are for measuring, not testing)
+    monkeypatch.setattr(benchmark, "_overhead", functools.partial(benchmark._overhead, rounds=1, steps=2))
     out = tmp_path / "bench"
     argv = ["benchmark", "--only", "overhead", "--batch-sizes", "8", "--samples", "64", "--workers", "2"]
     assert main([*argv, "--out", str(out)]) == 0
