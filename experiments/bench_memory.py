@@ -29,7 +29,6 @@ import json
 import os
 import resource
 
-import numpy as np
 
 from experiments import common
 from experiments.study import Option
@@ -142,12 +141,9 @@ def run(args, rest=None) -> int:
     out = common.prepare_out_dir(args.out)
     import jax
 
-    from asgd_jax.data import make_dataset
+    from experiments.benchmark import random_mnist_dataset
 
-    rng = np.random.default_rng(0)  # the benchmark's data set
-    x = rng.integers(0, 256, (samples, 28, 28), dtype=np.uint8)
-    y = rng.integers(0, 10, samples)
-    ds = make_dataset(x, y, x[:1000], y[:1000], name="random-mnist-shaped")
+    ds = random_mnist_dataset(samples)  # the benchmark's data set
     memory = memory_table(ds, batch_sizes, tuple(sizes))
     print_table(memory)
     path = os.path.join(out, "benchmark.json")

@@ -153,6 +153,16 @@ def matmul_peak_flops(n: int = 1024, repeats: int = 10) -> float:
     return 2 * n**3 / best
 
 
+def random_mnist_dataset(samples: int):
+    """The benchmark's data: ``samples`` random 28×28 uint8 images with random labels, the first 1 000 also the test set."""
+    from asgd_jax.data import make_dataset
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (samples, 28, 28), dtype=np.uint8)
+    y = rng.integers(0, 10, samples)
+    return make_dataset(x, y, x[:1000], y[:1000], name="random-mnist-shaped")
+
+
 def engine_layout(k: int | None = None) -> tuple[object, int, str]:
     """What :func:`asgd_jax.sweep.run_group` does with a group of ``k`` configs by default here.
 
@@ -486,12 +496,8 @@ def run(args) -> int:
     out = common.prepare_out_dir(args.out)
     import jax
     from asgd_jax import TrainConfig, Trainer
-    from asgd_jax.data import make_dataset
 
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (args.samples, 28, 28), dtype=np.uint8)
-    y = rng.integers(0, 10, args.samples)
-    ds = make_dataset(x, y, x[:1000], y[:1000], name="random-mnist-shaped")
+    ds = random_mnist_dataset(args.samples)
     k = args.configs
     rows, overhead = [], []
     for b in batch_sizes if args.only != "overhead" else []:

@@ -41,7 +41,6 @@ import signal
 import tempfile
 import time
 
-import numpy as np
 
 from experiments import common
 from experiments.study import Option
@@ -108,7 +107,6 @@ def _parse(args) -> dict:
 def _throughput(report: dict, s: dict, k: int, torch_device: str | None) -> None:
     """Fills ``report["throughput"]`` row by row (PyTorch first: it shares the machine with nothing yet)."""
     from asgd_jax import TrainConfig, Trainer
-    from asgd_jax.data import make_dataset
     from experiments import benchmark
 
     rows = report["throughput"]
@@ -121,10 +119,7 @@ def _throughput(report: dict, s: dict, k: int, torch_device: str | None) -> None
             rows.append({"batch_size": b, "driver": f"torch ({torch_device})", "configs": 1,
                          "config_samples_per_s": rate, "torch": True})
             print(f"batch {b:5d}  {rows[-1]['driver']:<26} {rate:12.0f} samples/s", flush=True)
-    rng = np.random.default_rng(0)  # the benchmark's data: n images, the first 1 000 also the test set
-    x = rng.integers(0, 256, (s["samples"], 28, 28), dtype=np.uint8)
-    y = rng.integers(0, 10, s["samples"])
-    ds = make_dataset(x, y, x[:1000], y[:1000], name="random-mnist-shaped")
+    ds = benchmark.random_mnist_dataset(s["samples"])
     mesh, per_call, label = benchmark.engine_layout(k)  # what run_group does with the group here
     kk = -(-k // per_call) * per_call
     label += f", K={kk}"
