@@ -18,7 +18,8 @@ from asgd_jax.train import (
     normalize_hparams,
     run_configs,
 )
-from asgd_jax import data, decentralized, downpour, events, model_parallel, network, problems, rules, sandblaster
+from asgd_jax import data, decentralized, downpour, events, microbatch, model_parallel, network, problems, rules
+from asgd_jax import sandblaster
 from asgd_jax import timing
 from asgd_jax.decentralized import DecentralizedState, ad_psgd, dpsgd
 from asgd_jax.synchronous import SyncState, synchronous
@@ -76,6 +77,7 @@ __all__ = [
     "decentralized",
     "downpour",
     "sandblaster",
+    "microbatch",
     "model_parallel",
     "ad_psgd",
     "dpsgd",

@@ -78,8 +78,9 @@ ASYNC_STATIC_FIELDS = ("system", "max_workers", "server_rule", "compensation", "
 OPTIONAL_STATIC_FIELDS = ("rules", "data_split", "split_alpha", "worker_times", "topology", "network", "shards",
                           "failures")
 # Static fields of every config present only when they differ from their defaults (so configs that do
-# not use them keep their config_id): ``steps_per_epoch`` (evaluation periods shorter than a pass).
-GENERAL_OPTIONAL_FIELDS = ("steps_per_epoch",)
+# not use them keep their config_id): ``steps_per_epoch`` (evaluation periods shorter than a pass) and
+# ``microbatch`` (the training step's micro-batch: speed, not maths).
+GENERAL_OPTIONAL_FIELDS = ("steps_per_epoch", "microbatch")
 # Fields that describe a config without entering training (they enter config_id and grouping).
 DESCRIPTIVE_FIELDS = ("data",)
 _CONFIG_DEFAULTS = {"model": "lenet5", "optimizer": "sgd", "seed": 0, "delay": 0}
@@ -325,8 +326,9 @@ def config_memory_bytes(trainer: Trainer) -> int:
       step programs donate it, so their output reuses its buffers;
     * three more copies of the parameters (gradient, update, temporaries);
     * the larger of the training step's and the evaluation's working memory.
-      Training keeps the forward pass's values of one batch for the backward
-      pass: every value the forward computes (unfused, from its jaxpr) except
+      Training keeps the forward pass's values of one batch (of one
+      micro-batch, ``Trainer.microbatch``, plus the gathered batch and the
+      gradient's running sum) for the backward pass: every value the forward computes (unfused, from its jaxpr) except
       views and broadcasts (reshapes, slices: XLA makes them bitcasts or fuses
       them into their reader). Evaluation is forward only: it holds about two
       values at a time, counted as twice the largest value of one evaluation
@@ -357,7 +359,11 @@ def config_memory_bytes(trainer: Trainer) -> int:
         return [_tree_bytes([v.aval for v in eqn.outvars]) for eqn in jaxpr.eqns
                 if eqn.primitive.name not in _VIEW_PRIMITIVES] or [0]
 
-    training = sum(forward_values(trainer.config.batch_size))
+    micro = getattr(trainer, "microbatch", None)
+    training = sum(forward_values(micro or trainer.config.batch_size))
+    if micro:  # the gathered batch and the gradient's running sum stay alive beside one micro-batch's values
+        training += _tree_bytes(jax.ShapeDtypeStruct((trainer.config.batch_size,) + trainer.input_shape, dtype))
+        training += _tree_bytes(one)
     evaluation = 2 * max(forward_values(trainer.eval_chunk))
     return _tree_bytes(state) + 3 * _tree_bytes(params) + max(training, evaluation)
 
