@@ -61,6 +61,11 @@ compilation excluded, and their ratio; also the ratio against the NumPy loop
 with slice views instead of the authors' row copies. Measured figures and what
 limits them: README, "Speed".
 
+``--only microbatch``: the engine (as in the throughput table) per batch size with the whole batch per
+gradient (``TrainConfig(microbatch=0)``) and with micro-batches of 16, 32 and 64 samples, interleaved in one
+process, the best of 2 rounds each; the ratio to the whole batch (``"microbatch"`` in benchmark.json; what
+``microbatch="auto"`` picks is :func:`asgd_jax.train.microbatch_size`).
+
 Prints tables and writes ``benchmark.json`` to ``--out``.
 """
 
@@ -87,10 +92,10 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--workers", default=16, help="simulated workers for the overhead table (default 16)"
     )
-    p.add_argument("--only", choices=["throughput", "overhead", "transformer", "memory", "asgrad"],
-                   help="run one table: throughput, overhead or memory (LeNet-5), transformer (tokens/s), or "
+    p.add_argument("--only", choices=["throughput", "overhead", "transformer", "memory", "asgrad", "microbatch"],
+                   help="run one table: throughput, overhead or memory (LeNet-5), transformer (tokens/s), "
                    "asgrad (the asgrad study's program vs AsGrad's NumPy loop; also part of throughput and the "
-                   "default run)")
+                   "default run), or microbatch (the engine with and without micro-batches, per batch size)")
     p.add_argument("--memory-configs", default="1,8",
                    help="the memory table's two group sizes, compiled and compared (default 1,8)")
     p.add_argument("--gpu-report", action="store_true",
@@ -325,8 +330,9 @@ def _overhead_variants(workers: int) -> tuple[dict, dict]:
     return one, stacked
 
 
-def _overhead(batch: int, workers: int, rounds: int = 7, steps: int = 60) -> list[dict]:
-    """Time per jitted LeNet-5 step for plain SGD and for simulated systems around it (one gradient per step)."""
+def _overhead(batch: int, workers: int, rounds: int = 7, steps: int = 60, model=None) -> list[dict]:
+    """Time per jitted LeNet-5 step (or ``model``'s) for plain SGD and for simulated systems around it (one gradient
+    per step)."""
     import jax
     import jax.numpy as jnp
     import optax
@@ -334,7 +340,7 @@ def _overhead(batch: int, workers: int, rounds: int = 7, steps: int = 60) -> lis
     import asgd_jax
     from asgd_jax import decentralized as dec
 
-    model = asgd_jax.LeNet5()
+    model = model or asgd_jax.LeNet5()
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.random((batch, 28, 28, 1), dtype=np.float32))
     y = jnp.asarray(rng.integers(0, 10, batch))
@@ -457,6 +463,39 @@ def _transformer_rows(args) -> list[dict]:
     return rows
 
 
+def _write_table(out: str, table: dict) -> int:
+    """Writes ``benchmark.json`` of a one-table run (``--only``): the machine, then ``table``."""
+    import jax
+
+    info = {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()], "jax": jax.__version__,
+            "machine": platform.machine(), "cpus": os.cpu_count(), **table}
+    with open(os.path.join(out, "benchmark.json"), "w", encoding="utf-8") as f:
+        json.dump(info, f, indent=2)
+    print(f"wrote {os.path.join(out, 'benchmark.json')}")
+    return 0
+
+
+def _microbatch_rows(ds, batch_sizes: list[int], sizes=(0, 16, 32, 64), rounds: int = 2) -> list[dict]:
+    """The engine's config-samples/s per batch size and micro-batch (0: the whole batch), best of ``rounds``."""
+    from asgd_jax import TrainConfig, Trainer
+
+    mesh, per_call, engine = engine_layout()
+    rows = []
+    for b in batch_sizes:
+        trainers = {m: Trainer(TrainConfig(batch_size=b, epochs=4, max_delay=8, microbatch=m), ds)
+                    for m in sizes if m < b}  # each compiles once; the rounds reuse its programs
+        best = {}
+        for _ in range(rounds):
+            for m, trainer in trainers.items():
+                best[m] = max(best.get(m, 0.0), _measure(trainer, per_call, "auto", per_call, mesh))
+        for m, rate in best.items():
+            rows.append({"batch_size": b, "microbatch": m, "driver": engine, "config_samples_per_s": rate,
+                         "ratio_to_whole_batch": rate / best[0]})
+            print(f"batch {b:5d}  microbatch {m or 'whole':>5}  {rate:10.0f} config-samples/s  "
+                  f"{rate / best[0]:5.2f}x whole batch", flush=True)
+    return rows
+
+
 def run(args) -> int:
     if args.gpu_report:
         from experiments import gpu_report
@@ -468,39 +507,25 @@ def run(args) -> int:
         return bench_memory.run(args, rest=None if args.only == "memory" else run)
     if args.only == "transformer":
         out = common.prepare_out_dir(args.out)
-        import jax
-
-        rows = _transformer_rows(args)
-        info = {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()], "jax": jax.__version__,
-                "machine": platform.machine(), "cpus": os.cpu_count(), "model": args.transformer,
-                "transformer": rows}
-        with open(os.path.join(out, "benchmark.json"), "w", encoding="utf-8") as f:
-            json.dump(info, f, indent=2)
-        print(f"wrote {os.path.join(out, 'benchmark.json')}")
-        return 0
+        return _write_table(out, {"model": args.transformer, "transformer": _transformer_rows(args)})
     if args.only == "asgrad":
         out = common.prepare_out_dir(args.out)
-        import jax
-
         from experiments import asgrad_numpy
 
-        info = {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()], "jax": jax.__version__,
-                "machine": platform.machine(), "cpus": os.cpu_count(), "asgrad": asgrad_numpy.benchmark_entry()}
-        with open(os.path.join(out, "benchmark.json"), "w", encoding="utf-8") as f:
-            json.dump(info, f, indent=2)
-        print(f"wrote {os.path.join(out, 'benchmark.json')}")
-        return 0
+        return _write_table(out, {"asgrad": asgrad_numpy.benchmark_entry()})
     args.samples = samples = Option("samples", int, low=1).parse(args.samples)
     batch_sizes = Option("batch_sizes", int, many=True, low=1, high=samples).parse(args.batch_sizes)
     args.configs = Option("configs", int, low=1).parse(args.configs)
     args.workers = Option("workers", int, low=1).parse(args.workers)
-    if args.only != "throughput":
+    if args.only not in ("throughput", "microbatch"):
         _check_overhead_memory(args.workers)
     out = common.prepare_out_dir(args.out)
     import jax
     from asgd_jax import TrainConfig, Trainer
 
     ds = random_mnist_dataset(args.samples)
+    if args.only == "microbatch":
+        return _write_table(out, {"microbatch": _microbatch_rows(ds, batch_sizes)})
     k = args.configs
     rows, overhead = [], []
     for b in batch_sizes if args.only != "overhead" else []:

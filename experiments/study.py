@@ -190,6 +190,9 @@ LOOP = Option("loop", str, choices=("auto", "step", "scan"), run_option=True,
 CHUNK_SIZE = Option("chunk_size", int, low=0, run_option=True,
                     help="configs vmapped per call and device (default: 1 per core on CPU, which runs as one "
                     "device per core; 2 on a CPU left as one device; the whole group on GPU/TPU; 0 = whole group)")
+MICROBATCH = Option("microbatch", int, low=0, run_option=True,
+                    help="samples per micro-batch of each gradient, summed (speed and memory; the same maths up to "
+                    "float rounding; 0 = the whole batch; default: auto, 32 for LeNet-5 batches of 128+ on a CPU)")
 SEEDS = Option("seeds", int, many=True, help="comma-separated seeds, e.g. 0,1,2")
 EPOCHS = Option("epochs", int, low=1)
 
@@ -197,8 +200,8 @@ EPOCHS = Option("epochs", int, low=1)
 def momentum_option(help: str = "SGD momentum", **kw) -> Option:
     """``--momentum``: a number in [0, 1) (1 never forgets a gradient; above 1 or below 0 diverges)."""
     return Option("momentum", float, low=0, below=1, help=help, **kw)
-TRAINING = (DATA, DATA_DIR, LOOP, CHUNK_SIZE)
-RUN_DEFAULTS = {"loop": "auto", "chunk_size": None, "data_dir": None}
+TRAINING = (DATA, DATA_DIR, LOOP, CHUNK_SIZE, MICROBATCH)
+RUN_DEFAULTS = {"loop": "auto", "chunk_size": None, "data_dir": None, "microbatch": None}
 
 
 def timing_options(spread_help: str, laws: Sequence[str] | None = None) -> tuple[Option, Option]:
@@ -457,7 +460,10 @@ def training_plan(ctx: Context, configs: list[dict]) -> list[Unit]:
     try:
         for g in sweep.group_configs(plain):
             try:  # the config against the data (e.g. a split that leaves a worker without data)
-                trainer = Trainer(g.train_config, ctx.data)
+                tc = g.train_config
+                if ctx.run.get("microbatch") is not None:
+                    tc = dataclasses.replace(tc, microbatch=ctx.run["microbatch"])
+                trainer = Trainer(tc, ctx.data)
             except ValueError as e:
                 raise UsageError(str(e)) from None
             mesh = sweep.mesh_for_group(local, len(g.configs))  # a lone config keeps every core's threads

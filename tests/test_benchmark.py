@@ -47,6 +47,18 @@ def test_tiny_benchmark_writes_summary(tmp_path, capsys):
     assert "of peak" in capsys.readouterr().out
 
 
+def test_microbatch_table_compares_micro_batches_with_the_whole_batch(tmp_path, capsys):
+    out = tmp_path / "bench"
+    argv = ["benchmark", "--only", "microbatch", "--batch-sizes", "32", "--samples", "128", "--out", str(out)]
+    assert main(argv) == 0
+    rows = json.loads((out / "benchmark.json").read_text())["microbatch"]
+    assert [(r["batch_size"], r["microbatch"]) for r in rows] == [(32, 0), (32, 16)]  # only sizes below the batch
+    whole, micro = rows
+    assert whole["ratio_to_whole_batch"] == 1.0 and whole["config_samples_per_s"] > 0
+    assert micro["ratio_to_whole_batch"] == micro["config_samples_per_s"] / whole["config_samples_per_s"]
+    assert "x whole batch" in capsys.readouterr().out
+
+
 def test_bad_batch_size_is_one_line_error(tmp_path, capsys):
     assert main(["benchmark", "--batch-sizes", "64", "--samples", "32", "--out", str(tmp_path / "b")]) != 0
     assert "--batch-sizes" in capsys.readouterr().err
@@ -55,8 +67,12 @@ def test_bad_batch_size_is_one_line_error(tmp_path, capsys):
 def test_overhead_table_times_every_system_per_gradient(tmp_path, capsys, monkeypatch):
     import functools
 
-    # one round of 2 timed steps per row (the table's own 7 rounds of 60 steps are for measuring, not testing)
-    monkeypatch.setattr(benchmark, "_overhead", functools.partial(benchmark._overhead, rounds=1, steps=2))
+    from asgd_jax import MLP
+
+    # one round of 2 timed steps per row (the table's own 7 rounds of 60 steps are for measuring, not testing), of a
+    # small MLP instead of LeNet-5: each of the ~30 rows compiles its own step
+    monkeypatch.setattr(benchmark, "_overhead", functools.partial(benchmark._overhead, rounds=1, steps=2,
+                                                                  model=MLP(hidden=(8,))))
     out = tmp_path / "bench"
     argv = ["benchmark", "--only", "overhead", "--batch-sizes", "8", "--samples", "64", "--workers", "2"]
     assert main([*argv, "--out", str(out)]) == 0

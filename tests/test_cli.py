@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from experiments.__main__ import main
@@ -60,6 +61,7 @@ def _error_line(capsys, argv):
         (["--batch-sizes", "5000"], "larger than the training set"),
         (["--epochs", "0"], "--epochs must be >= 1"),
         (["--chunk-size", "-1"], "--chunk-size must be >= 0"),
+        (["--microbatch", "-1"], "--microbatch must be >= 0"),
         (["--optimizer", "adam", "--momentum", "0.5"], "--momentum applies only to --optimizer sgd (got adam)"),
     ],
 )
@@ -133,6 +135,23 @@ def test_tiny_study_end_to_end_and_resume(capsys, tmp_path):
     assert main(["delay_sweep", "--preset", "tiny", "--out", str(out), "--delays", "0,1,2"]) == 0
     new_lines = (out / "results.jsonl").read_text().splitlines()
     assert new_lines[:4] == lines and len(new_lines) == 6
+
+
+def test_micro_batches_keep_the_numbers(capsys, tmp_path):
+    # The tiny preset's batch of 128 runs in micro-batches of 32 on a CPU ("auto"); --microbatch 0 takes the
+    # whole batch at once. Same maths: the same records up to float32 rounding, the same config_ids.
+    runs = {}
+    for name, extra in (("auto", []), ("whole", ["--microbatch", "0"])):
+        out = tmp_path / name
+        assert main(["delay_sweep", "--preset", "tiny", "--learning-rates", "0.01,0.1", "--out", str(out), *extra]) == 0
+        runs[name] = {r["config_id"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+    assert runs["auto"].keys() == runs["whole"].keys() and len(runs["auto"]) == 4
+    for cid, r in runs["auto"].items():
+        w = runs["whole"][cid]
+        assert not r["diverged"] and not w["diverged"]
+        np.testing.assert_allclose(r["test_loss_per_epoch"], w["test_loss_per_epoch"], rtol=1e-4)
+        np.testing.assert_allclose(r["train_loss"], w["train_loss"], rtol=1e-4)
+        assert abs(r["test_accuracy"] - w["test_accuracy"]) <= 0.01
 
 
 def test_truncated_last_line_is_kept_aside_not_fatal(capsys, tmp_path):

@@ -93,10 +93,10 @@ def test_training_with_micro_batches_keeps_the_maths():
     ds = make_dataset(x, y, x[:32], y[:32], name="random")
     hp = {"learning_rate": 0.05, "momentum": 0.9, "delay": 1}
     out = {}
-    for mb in (0, 16, 20):
+    for mb in (0, 20):  # 48 = 2 x 20 + 8: the scan and the smaller last micro-batch
         cfg = TrainConfig(batch_size=48, epochs=2, max_delay=2, microbatch=mb)
         out[mb] = jax.jit(make_train(cfg, ds))(jax.random.key(3), hp)
         assert Trainer(cfg, ds).microbatch == (mb or None)
-    for mb in (16, 20):
+    for mb in (20,):
         chex.assert_trees_all_close(out[mb]["train_loss"], out[0]["train_loss"], rtol=1e-4)
         chex.assert_trees_all_close(out[mb]["test_accuracy"], out[0]["test_accuracy"], atol=1 / 32 + 1e-6)
