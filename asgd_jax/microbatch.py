@@ -10,6 +10,7 @@ micro-batches. The maths is the batch's: in exact arithmetic the result equals
 
 from __future__ import annotations
 
+import numbers
 from typing import Callable
 
 import jax
@@ -51,7 +52,7 @@ def microbatched_value_and_grad(loss: Callable, size: int | None) -> Callable:
         >>> float(value), grad.tolist()   # = mean((x @ 1 - y)^2), 2 xᵀ(x @ 1 - y) / 5
         (67.0, [80.0, 94.0])
     """
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+    if size is not None and (isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1):
         raise ValueError(f"size must be a positive integer or None, got {size!r}.")
     whole = jax.value_and_grad(loss)
 
@@ -59,17 +60,18 @@ def microbatched_value_and_grad(loss: Callable, size: int | None) -> Callable:
         b = jax.tree.leaves(batch)[0].shape[0]
         if size is None or size >= b:
             return whole(params, *batch)
-        q, r = divmod(b, size)
+        m = int(size)
+        q, r = divmod(b, m)
 
         def body(total, part):
             return jax.tree.map(jnp.add, total, whole(params, *part)), None
 
-        head = jax.tree.map(lambda a: a[: q * size].reshape((q, size) + a.shape[1:]), batch)
+        head = jax.tree.map(lambda a: a[: q * m].reshape((q, m) + a.shape[1:]), batch)
         zero = jax.tree.map(jnp.zeros_like, jax.eval_shape(whole, params, *jax.tree.map(lambda a: a[0], head)))
         total, _ = jax.lax.scan(body, zero, head)
-        total = jax.tree.map(lambda t: t * (size / b), total)
+        total = jax.tree.map(lambda t: t * (m / b), total)
         if r:
-            value, grads = whole(params, *jax.tree.map(lambda a: a[q * size :], batch))
+            value, grads = whole(params, *jax.tree.map(lambda a: a[q * m :], batch))
             total = jax.tree.map(lambda t, v: t + v * (r / b), total, (value, grads))
         return total
 

@@ -328,9 +328,10 @@ def config_memory_bytes(trainer: Trainer) -> int:
     * the larger of the training step's and the evaluation's working memory.
       Training keeps the forward pass's values of one batch (of one
       micro-batch, ``Trainer.microbatch``, plus the gathered batch and the
-      gradient's running sum) for the backward pass: every value the forward computes (unfused, from its jaxpr) except
-      views and broadcasts (reshapes, slices: XLA makes them bitcasts or fuses
-      them into their reader). Evaluation is forward only: it holds about two
+      gradient's running sum) for the backward pass: every value the forward
+      computes (unfused, from its jaxpr) except views and broadcasts
+      (reshapes, slices: XLA makes them bitcasts or fuses them into their
+      reader). Evaluation is forward only: it holds about two
       values at a time, counted as twice the largest value of one evaluation
       chunk's forward pass.
 

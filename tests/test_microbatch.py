@@ -22,7 +22,7 @@ def _mse(w, x, y):
     return jnp.mean((x @ w - y) ** 2)
 
 
-@pytest.mark.parametrize("size", [None, 1, 3, 4, 5, 10, 64])
+@pytest.mark.parametrize("size", [None, 1, 3, np.int64(4), 5, 10, 64])
 def test_matches_numpy_least_squares(size):
     rng = np.random.default_rng(0)
     x, y, w = rng.normal(size=(10, 3)), rng.normal(size=10), rng.normal(size=3)
