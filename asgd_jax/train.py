@@ -816,8 +816,8 @@ def _count_used(counts, before, after):
 
 
 # Micro-batch sizes ``TrainConfig(microbatch="auto")`` uses on XLA:CPU, by model, for batches of at least four
-# micro-batches (measured in the README's Speed section: LeNet-5 in micro-batches of 32 ran 1.10x faster at batch
-# 128 and 256, 1.25x at 512, 1.44x at 1 024, the same at 64; the MLP ran slower).
+# micro-batches (measured in the README's Speed section: LeNet-5 in micro-batches of 32 ran 1.04x as fast at batch
+# 128, 1.29x at 512, 1.44x at 1 024, the same at 64; the MLP ran slower).
 CPU_MICROBATCH = {"lenet5": 32}
 
 
