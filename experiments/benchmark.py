@@ -464,7 +464,7 @@ def _transformer_rows(args) -> list[dict]:
 
 
 def _write_table(out: str, table: dict) -> int:
-    """Writes ``benchmark.json`` of a one-table run (``--only``): the machine, then ``table``."""
+    """Writes ``benchmark.json``: the machine (backend, devices, versions), then ``table``."""
     import jax
 
     info = {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()], "jax": jax.__version__,
@@ -592,11 +592,6 @@ def run(args) -> int:
                 flush=True,
             )
     info = {
-        "backend": jax.default_backend(),
-        "devices": [str(d) for d in jax.devices()],
-        "jax": jax.__version__,
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
         "rows": rows,
         "summary": summary,
         "matmul_peak_flops": peak if rows else None,
@@ -607,7 +602,4 @@ def run(args) -> int:
         from experiments import asgrad_numpy
 
         info["asgrad"] = asgrad_numpy.benchmark_entry()
-    with open(os.path.join(out, "benchmark.json"), "w", encoding="utf-8") as f:
-        json.dump(info, f, indent=2)
-    print(f"wrote {os.path.join(out, 'benchmark.json')}")
-    return 0
+    return _write_table(out, info)
