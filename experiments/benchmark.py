@@ -520,7 +520,6 @@ def run(args) -> int:
     if args.only not in ("throughput", "microbatch"):
         _check_overhead_memory(args.workers)
     out = common.prepare_out_dir(args.out)
-    import jax
     from asgd_jax import TrainConfig, Trainer
 
     ds = random_mnist_dataset(args.samples)
