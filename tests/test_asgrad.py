@@ -207,4 +207,7 @@ def test_seeds_in_sequence_and_vmapped_compute_the_same_runs():
     np.testing.assert_allclose(norm0, vm[0], rtol=1e-6)
     np.testing.assert_allclose(norms, vm[1], rtol=1e-5)
     for a, b in zip([times, versions, *trace], [vm[2], vm[3], *vm[4]]):
-        np.testing.assert_array_equal(a, b)
+        if np.issubdtype(a.dtype, np.floating):  # simulated times: sums of sampled durations, float32 rounding
+            np.testing.assert_allclose(a, b, rtol=1e-6)
+        else:  # versions, worker ids, delays: exactly equal
+            np.testing.assert_array_equal(a, b)

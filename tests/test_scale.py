@@ -24,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SHARDED_SCRIPT = textwrap.dedent(
     """
     import json, os, sys
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
     import jax, numpy as np
     from asgd_jax import sweep
     from asgd_jax.data import make_dataset
@@ -76,7 +76,7 @@ _SHARDED_SCRIPT = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def sharded_runs():
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = dict(os.environ)  # with the test session's XLA_FLAGS (tests/conftest.py); the script adds its own
     proc = subprocess.run(
         [sys.executable, "-c", _SHARDED_SCRIPT],
         cwd=ROOT,
