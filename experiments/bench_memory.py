@@ -25,10 +25,10 @@ differ from XLA:CPU's).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import resource
-
 
 from experiments import common
 from experiments.study import Option
@@ -59,8 +59,9 @@ def compiled_bytes(trainer, configs: int) -> dict:
     return out
 
 
-def memory_row(trainer, sizes: tuple[int, int]) -> dict:
-    """One batch size's row: the estimate, the two compiled programs, the per-config slope and what fits."""
+def memory_row(trainer, sizes: tuple[int, int], machines=MACHINES) -> dict:
+    """One batch size's row: the estimate, the two compiled programs, the per-config slope and what fits on
+    each of ``machines``."""
     from asgd_jax.sweep import _tree_bytes, config_memory_bytes, max_configs_per_device
 
     small, big = sizes
@@ -70,13 +71,14 @@ def memory_row(trainer, sizes: tuple[int, int]) -> dict:
     estimate = config_memory_bytes(trainer)
     data = _tree_bytes(trainer.data)
     fits = {}
-    for label, budget in MACHINES:
+    for label, budget in machines:
         room = USABLE_FRACTION * budget - shared
-        fits[label] = {"budget_bytes": budget,
+        fits[label] = {"budget_bytes": budget, "microbatch": trainer.microbatch,
                        "configs_by_measured": max(0, int(room // per_config)),
                        "configs_by_estimate": max_configs_per_device(trainer, budget, fraction=USABLE_FRACTION)}
     return {
         "batch_size": trainer.config.batch_size,
+        "microbatch": trainer.microbatch,
         "max_delay": trainer.config.max_delay,
         "eval_chunk": trainer.eval_chunk,
         "estimate_bytes_per_config": estimate,
@@ -90,11 +92,25 @@ def memory_row(trainer, sizes: tuple[int, int]) -> dict:
 
 
 def memory_table(dataset, batch_sizes, sizes: tuple[int, int] = (1, 8)) -> dict:
-    """The ``"memory"`` entry of benchmark.json: a row per batch size (see :func:`memory_row`)."""
+    """The ``"memory"`` entry of benchmark.json: a row per batch size (see :func:`memory_row`).
+
+    Each row measures the program this backend runs by default (``microbatch="auto"``: on a CPU, LeNet-5
+    batches of 128 or more take micro-batches of 32). A GPU takes the whole batch, so where the two differ
+    the GPU column comes from the whole-batch program (``row["whole_batch"]``), compiled here too.
+    """
     from asgd_jax import TrainConfig, Trainer
 
-    rows = [memory_row(Trainer(TrainConfig(batch_size=b, epochs=2, max_delay=8), dataset), sizes)
-            for b in batch_sizes]
+    rows = []
+    for b in batch_sizes:
+        config = TrainConfig(batch_size=b, epochs=2, max_delay=8)
+        row = memory_row(Trainer(config, dataset), sizes)
+        if row["microbatch"]:
+            whole = memory_row(Trainer(dataclasses.replace(config, microbatch=0), dataset), sizes, MACHINES[1:])
+            row["fits"].update(whole["fits"])
+            row["whole_batch"] = {k: whole[k] for k in ("estimate_bytes_per_config", "measured_bytes_per_config",
+                                                        "estimate_over_measured", "measured_shared_bytes",
+                                                        "programs")}
+        rows.append(row)
     return {
         "model": "lenet5",
         "measurement": "XLA memory_analysis() of the compiled vmapped epoch program (arguments + outputs - "
@@ -113,13 +129,21 @@ def print_table(memory: dict) -> None:
     machines = [label for label, _ in MACHINES]
     print(f"\nmemory per config of a LeNet-5 group (max delay 8; measured: XLA's compiled epoch program, "
           f"K = {memory['group_sizes'][0]} vs {memory['group_sizes'][1]}):")
-    print(f"{'batch':>6} {'estimate':>10} {'measured':>10} {'est/meas':>8}  "
+    print(f"{'batch':>6} {'micro':>6} {'estimate':>10} {'measured':>10} {'est/meas':>8}  "
           + "  ".join(f"{m + ' (meas / est)':>26}" for m in machines))
+
+    def line(batch, micro, r, fits):
+        print(f"{batch:>6} {micro or 'whole':>6} {r['estimate_bytes_per_config'] / mib:>7.1f} MiB "
+              f"{r['measured_bytes_per_config'] / mib:>6.1f} MiB {r['estimate_over_measured']:>7.2f}x  "
+              + "  ".join(f"{fits[m]['configs_by_measured']:>14} / {fits[m]['configs_by_estimate']:<9}"
+                          if m in fits else f"{'':>26}" for m in machines))
+
     for r in memory["rows"]:
-        fits = "  ".join(f"{r['fits'][m]['configs_by_measured']:>14} / {r['fits'][m]['configs_by_estimate']:<9}"
-                         for m in machines)
-        print(f"{r['batch_size']:>6} {r['estimate_bytes_per_config'] / mib:>7.1f} MiB "
-              f"{r['measured_bytes_per_config'] / mib:>6.1f} MiB {r['estimate_over_measured']:>7.2f}x  {fits}")
+        if "whole_batch" in r:  # the CPU's micro-batched program, then the whole batch a GPU runs
+            line(r["batch_size"], r["microbatch"], r, {machines[0]: r["fits"][machines[0]]})
+            line(r["batch_size"], None, r["whole_batch"], {m: r["fits"][m] for m in machines[1:]})
+        else:
+            line(r["batch_size"], r["microbatch"], r, r["fits"])
     print(f"(largest group in configs, {memory['usable_fraction']:.0%} of the memory less the data set; "
           f"process peak RSS {memory['process_peak_rss_bytes'] / 2**30:.2f} GiB)")
 
@@ -139,21 +163,13 @@ def run(args, rest=None) -> int:
         raise common.UsageError(f"--memory-configs wants two group sizes, the smaller first (e.g. 1,8); "
                                 f"got {args.memory_configs}.")
     out = common.prepare_out_dir(args.out)
-    import jax
-
-    from experiments.benchmark import random_mnist_dataset
+    from experiments.benchmark import _write_table, random_mnist_dataset
 
     ds = random_mnist_dataset(samples)  # the benchmark's data set
     memory = memory_table(ds, batch_sizes, tuple(sizes))
     print_table(memory)
-    path = os.path.join(out, "benchmark.json")
-    info = {}
-    if rest is not None and os.path.exists(path):
+    table, path = {"memory": memory}, os.path.join(out, "benchmark.json")
+    if rest is not None and os.path.exists(path):  # the default run: the other tables are already there
         with open(path, encoding="utf-8") as f:
-            info = json.load(f)
-    info.update({"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
-                 "jax": jax.__version__, "memory": memory})
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(info, f, indent=2)
-    print(f"wrote {path}")
-    return 0
+            table = {**json.load(f), **table}
+    return _write_table(out, table)

@@ -170,6 +170,26 @@ def test_memory_table_measures_at_least_the_training_state(tmp_path, capsys):
     assert "memory per config" in capsys.readouterr().out
 
 
+def test_memory_table_sizes_the_gpu_column_for_the_whole_batch():
+    """Where the CPU takes micro-batches (LeNet-5, batch >= 128), the GPU column comes from the whole batch."""
+    import jax
+
+    from experiments import bench_memory
+    from experiments.benchmark import random_mnist_dataset
+
+    if jax.default_backend() != "cpu":
+        pytest.skip("the CPU's micro-batch rule")
+    mem = bench_memory.memory_table(random_mnist_dataset(160), [128], (1, 2))
+    (row,) = mem["rows"]
+    cpu, gpu, whole = row["fits"]["24 GiB CPU"], row["fits"]["80 GiB GPU"], row["whole_batch"]
+    assert row["microbatch"] == cpu["microbatch"] == 32 and gpu["microbatch"] is None
+    for fit, r, gib in ((cpu, row, 24), (gpu, whole, 80)):
+        shared = r["programs"]["1"]["total_bytes"] - r["measured_bytes_per_config"]
+        assert fit["configs_by_measured"] == int((0.8 * gib * 2**30 - shared) // r["measured_bytes_per_config"])
+    # The whole batch of 128 keeps 4x the training activations of a micro-batch of 32: never less memory.
+    assert whole["estimate_bytes_per_config"] >= row["estimate_bytes_per_config"]
+
+
 def test_gpu_report_group_size_is_the_paper_grids():
     from experiments import gpu_report
 
