@@ -385,8 +385,40 @@ def make_program(method: str, s: dict, problem: dict, seeds_in_sequence: bool | 
     # switch would compute every branch), hence lax.map in sequence.
     runs = jax.vmap(run, in_axes=(0, None))
     if sequence:
-        return jax.jit(lambda steps, seeds: jax.lax.map(lambda seed: runs(steps, seed), seeds))
+        return _seeds_over_devices(lambda steps, seeds: jax.lax.map(lambda seed: runs(steps, seed), seeds))
     return jax.jit(jax.vmap(runs, in_axes=(None, 0)))
+
+
+def _seeds_over_devices(program):
+    """``program(steps, seeds)`` jitted, its seeds split over the local devices (``shard_map``), if several.
+
+    ``python -m experiments`` makes each CPU core a JAX device: each core then runs its share of the seeds in
+    sequence (1.4-1.7x the run-iterations/s of one device on 2 cores; the program reads a worker's shard
+    from memory on every call). Seeds are padded with the last one to a multiple of the devices, and the
+    padding dropped. Every seed's run is computed as on one device, the same numbers.
+    """
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import Mesh, PartitionSpec
+
+    devices = jax.local_devices()
+    if len(devices) < 2:
+        return jax.jit(program)
+    compiled = {}
+
+    def call(steps, seeds):
+        count = min(len(devices), len(seeds))
+        if count not in compiled:
+            mesh = Mesh(np.array(devices[:count]), ("seeds",))
+            # check_vma=False: the event model's scan carries start from constants (unvarying over the mesh)
+            compiled[count] = jax.jit(jax.shard_map(program, mesh=mesh, in_specs=(PartitionSpec(), PartitionSpec("seeds")),
+                                                    out_specs=PartitionSpec("seeds"), check_vma=False))
+        pad = -len(seeds) % count
+        padded = jnp.concatenate([seeds, jnp.repeat(seeds[-1:], pad)]) if pad else seeds
+        return jax.tree.map(lambda a: a[: len(seeds)], compiled[count](steps, padded))
+
+    return call
 
 
 def _histogram(values: np.ndarray) -> dict:

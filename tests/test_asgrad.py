@@ -211,3 +211,43 @@ def test_seeds_in_sequence_and_vmapped_compute_the_same_runs():
             np.testing.assert_allclose(a, b, rtol=1e-6)
         else:  # versions, worker ids, delays: exactly equal
             np.testing.assert_array_equal(a, b)
+
+
+_TWO_DEVICES = """
+import json, sys
+import jax
+jax.config.update("jax_num_cpu_devices", 2)
+import jax.numpy as jnp, numpy as np
+sys.path.insert(0, {root!r})
+from experiments import asgrad
+from tests.test_asgrad import small_settings
+
+s = small_settings(timing="normal", sigma=1.0, speeds=None, seeds=[0, 1, 2], step_sizes=[0.5, 0.125],
+                   methods=["random"], iterations=40, evals=4)
+problem = asgrad.load_problem(s)
+args = (jnp.asarray(s["step_sizes"], jnp.float32), jnp.asarray(s["seeds"], jnp.int32))
+split = asgrad.make_program("random", s, problem, True)(*args)     # seeds in sequence, split over 2 devices
+devices = len(split[1].sharding.device_set)
+vm = asgrad.make_program("random", s, problem, False)(*args)       # seeds vmapped, one device
+print(json.dumps({{"devices": jax.device_count(), "split_over": devices,
+                  "split": jax.tree.map(lambda a: np.asarray(a).tolist(), split),
+                  "vmapped": jax.tree.map(lambda a: np.asarray(a).tolist(), vm)}}))
+"""
+
+
+def test_seeds_split_over_devices_compute_the_same_runs():
+    """With several devices (python -m experiments: one per CPU core) the seeds run split over them, 3 seeds on 2
+    devices padded to 4 and the padding dropped: the same traces and ||grad F|| as the one-device vmapped layout."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-c", _TWO_DEVICES.format(root=root)], cwd=root, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["devices"] == 2 and out["split_over"] == 2
+    split, vm = out["split"], out["vmapped"]
+    np.testing.assert_allclose(split[0], vm[0], rtol=1e-6)
+    np.testing.assert_allclose(split[1], vm[1], rtol=1e-5)
+    assert np.asarray(split[1]).shape == (3, 2, 4)
+    np.testing.assert_allclose(split[2], vm[2], rtol=1e-6)                 # simulated times
+    for a, b in zip([split[3], *split[4]], [vm[3], *vm[4]]):               # versions, workers, delays: exact
+        np.testing.assert_array_equal(a, b)
