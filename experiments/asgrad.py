@@ -320,7 +320,8 @@ def make_program(method: str, s: dict, problem: dict, seeds_in_sequence: bool | 
     """One compiled program over seeds (outer) and step sizes (inner, vmapped) for one method.
 
     ``seeds_in_sequence`` (default: on a CPU) runs the seeds one after another,
-    ``jit(lax.map(vmap(run)))``, and picks worker ``i``'s shard with
+    ``jit(lax.map(vmap(run)))`` (split over the local devices, if several:
+    :func:`_seeds_over_devices`), and picks worker ``i``'s shard with
     ``lax.switch``; otherwise ``jit(vmap(vmap(run)))`` with the shard indexed
     out of the stacked ``A_pad`` (one copy per seed and call, cheap on a GPU).
     Called with ``(steps[G], seeds[S])``, every output has leading axes ``(S, G)``.
