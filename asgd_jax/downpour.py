@@ -74,7 +74,8 @@ class DownpourState(NamedTuple):
         events: the replicas' jobs and the clock (:class:`asgd_jax.events.EventState`, pure
             rule); its ``version`` counts finished replica steps.
         local: ``[R, D]``, each replica's copy (already moved by the local step of its job in flight).
-        accrued: ``[R, D]``, each replica's gradients since its last push.
+        accrued: ``[R, D]``, each replica's gradients since its last push (the row still holds the pushed
+            sum until the replica's next gradient: it is cleared then, when ``steps % n_push == 0``).
         steps: int32 ``[R]``, steps each replica finished.
         pending: ``[R, D]``, each replica's last push; ``arrive[R, S]`` (float32) when it reaches each
             shard (``inf``: already applied there); ``pending_seq[R]`` its send order;
@@ -238,14 +239,23 @@ def _set_row(x, i, row):
     return jax.lax.dynamic_update_index_in_dim(x, row.astype(x.dtype), i, 0)
 
 
+def _set_row_if(x, i, write, row):
+    """``x`` with row ``i`` set to ``row`` where ``write``; unchanged otherwise. A scatter to an
+    out-of-range row (dropped) rather than ``x[i] = where(write, row, x[i])``: XLA updates ``x`` in place
+    (a read-modify-write of a row after a write to another row made it copy all of ``x`` every call)."""
+    return x.at[jnp.where(write, i, x.shape[0])].set(row.astype(x.dtype), mode="drop")
+
+
 def _push(state: DownpourState, r, t, push, delays):
-    """Replica ``r`` pushes its accrued gradient at time ``t`` (if ``push``)."""
+    """Replica ``r`` pushes its accrued gradient at time ``t`` (if ``push``); its row of ``accrued`` is
+    cleared at its next accrual (``update``), not here."""
     arrive = jnp.where(push, t + delays, state.arrive[r])
     overrun = state.overrun | (push & jnp.any(jnp.isfinite(state.arrive[r])))
-    acc = state.accrued[r]
+    # ``shard_version >= 0`` always holds; it makes the write wait for the loop that read ``pending`` just
+    # before (_apply_due), so XLA writes the row in place instead of copying all of ``pending`` every call.
+    write = push & jnp.all(state.shard_version >= 0)
     return state._replace(
-        pending=_set_row(state.pending, r, jnp.where(push, acc, state.pending[r])),
-        accrued=_set_row(state.accrued, r, jnp.where(push, jnp.zeros_like(acc), acc)),
+        pending=_set_row_if(state.pending, r, write, state.accrued[r]),
         arrive=state.arrive.at[r].set(arrive),
         pending_seq=state.pending_seq.at[r].set(jnp.where(push, state.pushes, state.pending_seq[r])),
         pending_base=state.pending_base.at[r].set(jnp.where(push, state.fetched[r], state.pending_base[r])),
@@ -271,7 +281,7 @@ def _finish_step(inner, bounds, state: DownpourState, server, delta, arrival):
     busy = jnp.where(arrived & ((k + 1) % state.n_push == 0), jnp.maximum(busy, state.push_done[r]), busy)
     return delta, state._replace(
         events=ev._replace(busy_until=ev.busy_until.at[r].set(busy)),
-        local=_set_row(state.local, r, jnp.where(fetch, fresh, state.local[r])),
+        local=_set_row_if(state.local, r, fetch, fresh),
         fetched=state.fetched.at[r].set(jnp.where(fetch, state.shard_version, state.fetched[r])),
         steps=state.steps.at[r].add(arrived.astype(jnp.int32)), fetches=state.fetches + fetch.astype(jnp.int32))
 
@@ -367,7 +377,9 @@ def downpour(inner: optax.GradientTransformation, replicas: int, *, shards=1, n_
         w = state.events.next_worker  # this call's gradient: its local step and accrual happen now
         state = state._replace(
             local=_set_row(state.local, w, state.local[w] - state.local_learning_rate.astype(g.dtype) * g),
-            accrued=_set_row(state.accrued, w, state.accrued[w] + g))
+            # a row is cleared lazily: zero if the replica's last finished step pushed it (and at the start)
+            accrued=_set_row(state.accrued, w, jnp.where(state.steps[w] % state.n_push == 0, 0.0,
+                                                         state.accrued[w]) + g))
         ev, arrival = events.step(state.events, "pure")
         state = state._replace(events=ev)
         delta, state = _finish_step(inner, bounds, state, server, jnp.zeros_like(server), arrival)
