@@ -4,6 +4,7 @@ system's state inside an optimizer state."""
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 
 
 def write_then_read(buffer, tree, write, read):
@@ -17,6 +18,21 @@ def write_then_read(buffer, tree, write, read):
     buffer = jax.tree.map(
         lambda b, x: jax.lax.dynamic_update_index_in_dim(b, x.astype(b.dtype), write, 0), buffer, tree)
     return buffer, jax.tree.map(lambda b: jax.lax.dynamic_index_in_dim(b, read, keepdims=False), buffer)
+
+
+def update_row(x, i, fn):
+    """``x`` with row ``i`` of its leading axis (``0 <= i < len(x)``) replaced by ``fn(row)``; ``row`` keeps a
+    leading axis of length 1 (``x[i:i + 1]``) and ``fn`` must return that shape (elementwise code with a
+    ``tree``-shaped operand broadcasts to it).
+
+    The read and the write use one index and one shape, so XLA fuses the read into an in-place write.
+    ``jax.lax.dynamic_index_in_dim`` / ``dynamic_update_index_in_dim`` normalise the index on their own and
+    drop / add the axis: XLA then read the row in a separate op and, inside a ``lax.cond`` branch, copied
+    all of ``x`` twice per call.
+    """
+    start = (jnp.asarray(i, jnp.int32),) + (jnp.zeros([], jnp.int32),) * (x.ndim - 1)
+    row = jax.lax.dynamic_slice(x, start, (1,) + x.shape[1:])
+    return jax.lax.dynamic_update_slice(x, fn(row).astype(x.dtype), start)
 
 
 def find_state(tree, cls):

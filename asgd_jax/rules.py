@@ -56,6 +56,7 @@ import jax.numpy as jnp
 import optax
 
 from asgd_jax import _checks
+from asgd_jax._buffers import update_row
 
 __all__ = ["DCState", "DCAdaptiveState", "AccumulateState", "MaleniaState", "RingleaderState", "ComputeTimeState",
            "STALENESS_SCALINGS", "dc_asgd", "scale_by_staleness", "clip_by_global_norm", "accumulate", "drop_stale",
@@ -327,9 +328,7 @@ def _add_row(table, worker, tree, restart):
     """``table`` plus ``tree`` in row ``worker`` only (O(one model), in place); ``restart``: the row is stale
     (its count is 0) and is overwritten, :math:`0 + g`, exactly what a cleared row gives."""
     def one(t, g):
-        row = jax.lax.dynamic_index_in_dim(t, worker, keepdims=False)
-        row = jnp.where(restart, jnp.zeros_like(row), row) + g.astype(t.dtype)
-        return jax.lax.dynamic_update_index_in_dim(t, row, worker, 0)
+        return update_row(t, worker, lambda row: jnp.where(restart, jnp.zeros_like(row), row) + g.astype(t.dtype))
     return jax.tree.map(one, table, tree)
 
 
@@ -339,11 +338,14 @@ def _valid_rows(table, counts):
     return jax.tree.map(keep, table)
 
 
-def _step_if(apply, inner, table, weights, inner_state, params, counts=None, **extra_args):
+def _step_if(apply, inner, table, weights, inner_state, params, counts=None, pick=None, **extra_args):
     """``(updates, inner_state)``: :math:`\\text{inner}(\\sum_i w_i\\,\\text{table}_i)` when ``apply``, else
-    zeros and the state as it was (``counts``: rows of count 0 read as zero). A cond: the table (all
-    workers' rows) is read only on a step."""
+    zeros and the state as it was (``counts``: rows of count 0 read as zero; ``pick``: ``table`` is a pair
+    of tables, the second one used where ``pick``). A cond: the table (all workers' rows) is read only on a
+    step."""
     def step(table, inner_state):
+        if pick is not None:
+            table = jax.tree.map(lambda a, b: jnp.where(pick, b, a), *table)
         return inner.update(_row_mean(table if counts is None else _valid_rows(table, counts), weights),
                             inner_state, params, **extra_args)
 
@@ -447,7 +449,10 @@ class RingleaderState(NamedTuple):
     cycle), the temporary table (``next_sums``, ``next_counts``: what workers deliver after their step of
     the cycle), ``updating`` (phase 2), ``owes`` (the workers whose step of the cycle is still due),
     ``stepped`` and the wrapped optimizer's state. In both tables a row whose count is 0 is stale and
-    reads as zero (the tables are cleared by resetting the counts)."""
+    reads as zero (the tables are cleared by resetting the counts). The two tables are two buffers that
+    trade roles at a transition: ``sums`` holds the table and ``next_sums`` the temporary one unless
+    ``swapped``, then the other way round (``counts``/``next_counts`` always count the table / the temporary
+    table); nothing is copied."""
 
     per_worker_tables = True  # parameter_server updates this state under a cond (rows in place)
 
@@ -459,6 +464,7 @@ class RingleaderState(NamedTuple):
     owes: jax.Array
     stepped: jax.Array
     inner_state: Any
+    swapped: jax.Array
 
 
 def ringleader(inner: optax.GradientTransformation, max_workers: int) -> optax.GradientTransformationExtraArgs:
@@ -506,7 +512,7 @@ def ringleader(inner: optax.GradientTransformation, max_workers: int) -> optax.G
         return RingleaderState(sums=_per_worker(params, size), counts=zero,
                                next_sums=_per_worker(params, size), next_counts=zero,
                                updating=jnp.zeros([], bool), owes=false, stepped=jnp.zeros([], bool),
-                               inner_state=inner.init(params))
+                               inner_state=inner.init(params), swapped=jnp.zeros([], bool))
 
     def update_fn(updates, state, params=None, *, worker, active_workers, **extra_args):
         ids = jnp.arange(size)
@@ -515,22 +521,24 @@ def ringleader(inner: optax.GradientTransformation, max_workers: int) -> optax.G
         # rows of count 0 are stale (cleared lazily: a transition resets the counts, not the n rows)
         add = lambda on, table, count: _add_row(table, worker, jax.tree.map(lambda g: jnp.where(on, g, 0), updates),
                                                 count[worker] == 0)
-        sums = add(~to_next, state.sums, state.counts)
-        next_sums = add(to_next, state.next_sums, state.next_counts)
         counts = state.counts.at[worker].add((~to_next).astype(jnp.int32))
         next_counts = state.next_counts.at[worker].add(to_next.astype(jnp.int32))
+        flip = state.swapped  # buffer ``sums`` holds the table unless flipped (then ``next_sums`` does)
+        sums = add(jnp.where(flip, to_next, ~to_next), state.sums, jnp.where(flip, state.next_counts, state.counts))
+        next_sums = add(jnp.where(flip, ~to_next, to_next), state.next_sums,
+                        jnp.where(flip, state.counts, state.next_counts))
         fills = ~state.updating & jnp.all((counts > 0) | ~active)    # phase 1 ends with this arrival
         apply = fills | (state.updating & state.owes[worker])
         owes = jnp.where(fills, active & ~me, state.owes & ~(me & apply))
         done = (state.updating | fills) & ~jnp.any(owes)             # the cycle's n-th step: transition
-        out, inner_state = _step_if(apply, inner, sums,
+        out, inner_state = _step_if(apply, inner, (sums, next_sums),
                                     jnp.where(active, 1.0 / jnp.maximum(counts, 1), 0.0) / jnp.sum(active),
-                                    state.inner_state, params, counts, worker=worker,
+                                    state.inner_state, params, counts, pick=flip, worker=worker,
                                     active_workers=active_workers, **extra_args)
-        return out, RingleaderState(
-            sums=jax.lax.cond(done, lambda a, b: b, lambda a, b: a, sums, next_sums), counts=jnp.where(done, next_counts, counts),
-            next_sums=next_sums, next_counts=jnp.where(done, 0, next_counts),
-            updating=(state.updating | fills) & ~done, owes=owes & ~done, stepped=apply, inner_state=inner_state)
+        return out, RingleaderState(  # a transition: the buffers trade roles, the temporary table's counts move
+            sums=sums, counts=jnp.where(done, next_counts, counts), next_sums=next_sums,
+            next_counts=jnp.where(done, 0, next_counts), updating=(state.updating | fills) & ~done,
+            owes=owes & ~done, stepped=apply, inner_state=inner_state, swapped=flip ^ done)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
