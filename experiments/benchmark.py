@@ -379,8 +379,9 @@ def _overhead(batch: int, workers: int, rounds: int = 7, steps: int = 60, model=
     states[runs] = steps_fns[runs](p, jax.vmap(sgd.init)(p))
     variants[runs] = None
     best = {name: float("inf") for name in variants}
-    for _ in range(rounds):  # interleaved, so a busy moment hurts every variant alike
-        for name in variants:
+    order = list(variants)
+    for r in range(rounds):  # interleaved, so a busy moment hurts every variant alike; each round starts one
+        for name in order[r:] + order[:r]:  # later, so no variant always runs after the 16-model one (cold caches)
             p, s = states[name]
             jax.block_until_ready(p)
             t0 = time.perf_counter()
