@@ -30,6 +30,9 @@ optax SGD, as ratios of time per step (the best of several interleaved rounds).
 Every variant computes one gradient per step, so the ratio is the cost per
 gradient against the same work done as separate single-model runs; the row
 ``16 separate runs, vmapped`` gives that work batched (its time per gradient).
+Each row also gives the bytes the compiled step's ``copy`` instructions write
+(:func:`copied_bytes`, ``copied_mib``): a state table XLA could not update in
+place shows up there as whole-table copies.
 
 ``--only transformer`` times the Transformer language model instead
 (``--transformer``, default ``transformer:layers=2,width=128,heads=4,context=128``):
@@ -74,6 +77,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import time
 
 import numpy as np
@@ -330,6 +334,25 @@ def _overhead_variants(workers: int) -> tuple[dict, dict]:
     return one, stacked
 
 
+_ITEM_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4,
+               "s64": 8, "u64": 8, "f64": 8}
+_COPY = re.compile(r"= (\w+)\[([\d,]*)\]\S* copy\(")
+
+
+def copied_bytes(hlo_text: str) -> int:
+    """Bytes that the ``copy`` instructions of a compiled XLA program write (its ``as_text()``), in every
+    computation: a copy inside a ``lax.cond`` branch or a loop body counts once, whether it runs or not.
+
+    A copy of a whole state table is how XLA:CPU keeps a buffer it cannot update in place; the overhead
+    table reports this per system so such a copy shows up next to its cost.
+    """
+    total = 0
+    for dtype, dims in _COPY.findall(hlo_text):
+        size = int(np.prod([int(d) for d in dims.split(",") if d], dtype=np.int64))
+        total += size * _ITEM_BYTES.get(dtype, 4)
+    return total
+
+
 def _overhead(batch: int, workers: int, rounds: int = 7, steps: int = 60, model=None) -> list[dict]:
     """Time per jitted LeNet-5 step (or ``model``'s) for plain SGD and for simulated systems around it (one gradient
     per step)."""
@@ -353,18 +376,19 @@ def _overhead(batch: int, workers: int, rounds: int = 7, steps: int = 60, model=
     n = workers
     variants, stacked = _overhead_variants(n)
     variants.update(stacked)
-    steps_fns, states = {}, {}
+    steps_fns, states, copies = {}, {}, {}
     for name, tx in variants.items():
 
         def step(p, s, tx=tx):  # the gradient at the worker's model (its own row, or a Downpour local copy)
             updates, s = tx.update(jax.grad(loss)(dec.worker_params(s, p)), s, p)
             return optax.apply_updates(p, updates), s
 
-        steps_fns[name] = jax.jit(step, donate_argnums=(0, 1))
         p = dec.replicate(params0, n) if name in stacked else params0
         p = jax.tree.map(jnp.copy, p)
         s = jax.tree.map(jnp.copy, tx.init(p))  # no buffer shared inside the state (both are donated)
-        states[name] = steps_fns[name](p, s)  # compile + warm up
+        steps_fns[name] = jax.jit(step, donate_argnums=(0, 1)).lower(p, s).compile()
+        copies[name] = copied_bytes(steps_fns[name].as_text())
+        states[name] = steps_fns[name](p, s)  # warm up
     # the same work as n separate single-model runs, batched: one vmapped call is n gradients
     runs = f"{n} separate runs, vmapped"
 
@@ -374,9 +398,11 @@ def _overhead(batch: int, workers: int, rounds: int = 7, steps: int = 60, model=
             return optax.apply_updates(p, updates), s
         return jax.vmap(one)(p, s)
 
-    steps_fns[runs] = jax.jit(separate, donate_argnums=(0, 1))
     p = jax.tree.map(jnp.copy, dec.replicate(params0, n))
-    states[runs] = steps_fns[runs](p, jax.vmap(sgd.init)(p))
+    s = jax.vmap(sgd.init)(p)
+    steps_fns[runs] = jax.jit(separate, donate_argnums=(0, 1)).lower(p, s).compile()
+    copies[runs] = copied_bytes(steps_fns[runs].as_text())
+    states[runs] = steps_fns[runs](p, s)
     variants[runs] = None
     best = {name: float("inf") for name in variants}
     order = list(variants)
@@ -395,7 +421,8 @@ def _overhead(batch: int, workers: int, rounds: int = 7, steps: int = 60, model=
     names = list(best)
     return [
         {"batch_size": batch, "variant": name, "ms_per_step": 1e3 * t, "ratio_to_plain": t / base,  # per gradient
-         "models": n if name in stacked or name == runs else 1, "group": _overhead_group(names, name)}
+         "models": n if name in stacked or name == runs else 1, "group": _overhead_group(names, name),
+         "copied_mib": copies[name] / 2**20}
         for name, t in best.items()
     ]
 
@@ -588,7 +615,7 @@ def run(args) -> int:
             overhead.append(row)
             print(
                 f"batch {b:5d}  {row['variant']:<32} {row['ms_per_step']:8.2f} ms/step  "
-                f"{row['ratio_to_plain']:5.2f}x plain",
+                f"{row['ratio_to_plain']:5.2f}x plain  copies {row['copied_mib']:5.2f} MiB",
                 flush=True,
             )
     info = {
