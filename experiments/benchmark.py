@@ -337,19 +337,30 @@ def _overhead_variants(workers: int) -> tuple[dict, dict]:
 _ITEM_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4,
                "s64": 8, "u64": 8, "f64": 8}
 _COPY = re.compile(r"= (\w+)\[([\d,]*)\]\S* copy\(")
+_COMPUTATION = re.compile(r"^(?:ENTRY )?(%[\w.\-]+) ", re.M)
+_FUSED = re.compile(r" fusion\(.*?calls=(%[\w.\-]+)")
 
 
 def copied_bytes(hlo_text: str) -> int:
-    """Bytes that the ``copy`` instructions of a compiled XLA program write (its ``as_text()``), in every
-    computation: a copy inside a ``lax.cond`` branch or a loop body counts once, whether it runs or not.
+    """Bytes that the ``copy`` instructions of a compiled XLA program write (its ``as_text()``): those of the
+    entry computation and of the computations it calls (``lax.cond`` branches and loop bodies count once,
+    whether they run or not), not those inside a fusion (a layout change computed on the fly, no buffer).
 
     A copy of a whole state table is how XLA:CPU keeps a buffer it cannot update in place; the overhead
     table reports this per system so such a copy shows up next to its cost.
     """
-    total = 0
-    for dtype, dims in _COPY.findall(hlo_text):
-        size = int(np.prod([int(d) for d in dims.split(",") if d], dtype=np.int64))
-        total += size * _ITEM_BYTES.get(dtype, 4)
+    fused = set(_FUSED.findall(hlo_text))
+    total, inside = 0, None
+    for line in hlo_text.splitlines():
+        head = _COMPUTATION.match(line)
+        if head and line.rstrip().endswith("{"):
+            inside = head.group(1)
+            continue
+        match = _COPY.search(line)
+        if match and inside not in fused:
+            dtype, dims = match.groups()
+            size = int(np.prod([int(d) for d in dims.split(",") if d], dtype=np.int64))
+            total += size * _ITEM_BYTES.get(dtype, 4)
     return total
 
 

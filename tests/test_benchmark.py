@@ -90,8 +90,13 @@ def test_overhead_table_times_every_system_per_gradient(tmp_path, capsys, monkey
 
 
 def test_copied_bytes_sums_the_copy_instructions_of_every_computation():
-    """Hand-counted: 16 x 400 x 120 float32 + 6 bfloat16 + 3 int32 copies; other instructions do not count."""
+    """Hand-counted: 16 x 400 x 120 float32 + 6 bfloat16 + 3 int32 copies; other instructions and a copy inside a
+    fusion (no buffer of its own) do not count."""
     text = """
+%fused_computation.4 (param_0: f32[8,9]) -> f32[9,8] {
+  %transpose.1 = f32[9,8]{0,1} transpose(%param_0), dimensions={1,0}
+  ROOT %copy.3 = f32[9,8]{1,0} copy(%transpose.1)
+}
 %region_1 (arg: (f32[16,400,120])) -> f32[16,400,120] {
   %copy.1 = f32[16,400,120]{2,1,0} copy(%get-tuple-element.3)
   %add.2 = f32[16,400,120]{2,1,0} add(%copy.1, %copy.1)
@@ -100,6 +105,7 @@ ENTRY %main (p: bf16[6], q: s32[3]) -> (bf16[6], s32[3]) {
   %copy.7 = bf16[6]{0} copy(%p), metadata={op_name="p"}
   ROOT %copy.9 = s32[3]{0} copy(%q)
   %wrapped_copy = f32[5,5]{1,0} fusion(%p), kind=kLoop, calls=%wrapped_copy_computation
+  %t = f32[9,8]{1,0} fusion(%x), kind=kLoop, calls=%fused_computation.4, metadata={op_name="t"}
 }"""
     assert benchmark.copied_bytes(text) == 16 * 400 * 120 * 4 + 6 * 2 + 3 * 4
     assert benchmark.copied_bytes("ENTRY %main () -> f32[] {\n  ROOT %c = f32[] constant(0)\n}") == 0
