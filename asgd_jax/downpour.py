@@ -40,7 +40,7 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
-from asgd_jax._buffers import find_state
+from asgd_jax._buffers import find_state, update_row
 from asgd_jax import _checks, events
 from asgd_jax import network as network_lib
 
@@ -235,10 +235,6 @@ def _apply_due(inner, bounds, state: DownpourState, server, delta, now):
                                  shard_staleness=staleness, staleness_sum=total)
 
 
-def _set_row(x, i, row):
-    return jax.lax.dynamic_update_index_in_dim(x, row.astype(x.dtype), i, 0)
-
-
 def _set_row_if(x, i, write, row):
     """``x`` with row ``i`` set to ``row`` where ``write``; unchanged otherwise. A scatter to an
     out-of-range row (dropped) rather than ``x[i] = where(write, row, x[i])``: XLA updates ``x`` in place
@@ -376,10 +372,10 @@ def downpour(inner: optax.GradientTransformation, replicas: int, *, shards=1, n_
         g, _ = ravel_pytree(updates)
         w = state.events.next_worker  # this call's gradient: its local step and accrual happen now
         state = state._replace(
-            local=_set_row(state.local, w, state.local[w] - state.local_learning_rate.astype(g.dtype) * g),
+            local=update_row(state.local, w, lambda row: row - state.local_learning_rate.astype(g.dtype) * g),
             # a row is cleared lazily: zero if the replica's last finished step pushed it (and at the start)
-            accrued=_set_row(state.accrued, w, jnp.where(state.steps[w] % state.n_push == 0, 0.0,
-                                                         state.accrued[w]) + g))
+            accrued=update_row(state.accrued, w,
+                               lambda row: jnp.where(state.steps[w] % state.n_push == 0, 0.0, row) + g))
         ev, arrival = events.step(state.events, "pure")
         state = state._replace(events=ev)
         delta, state = _finish_step(inner, bounds, state, server, jnp.zeros_like(server), arrival)

@@ -392,8 +392,9 @@ def _seeds_over_devices(program):
 
     ``python -m experiments`` makes each CPU core a JAX device: each core then runs its share of the seeds in
     sequence (on 2 cores 1.4-1.7x the run-iterations/s of one device for 6 seeds, 1.26x for 5, padded to 6;
-    the program reads a worker's shard from memory on every call). Seeds are padded with the last one to a multiple of the devices, and the
-    padding dropped. Every seed's run is computed as on one device, the same numbers.
+    the program reads a worker's shard from memory on every call). Seeds are padded with the last one to a
+    multiple of the devices, and the padding dropped. Every seed's run is computed as on one device, the
+    same numbers.
     """
     import jax
     import jax.numpy as jnp
