@@ -222,7 +222,7 @@ sys.path.insert(0, {root!r})
 from experiments import asgrad
 from tests.test_asgrad import small_settings
 
-s = small_settings(timing="normal", sigma=1.0, speeds=None, seeds=[0, 1, 2], step_sizes=[0.5, 0.125],
+s = small_settings(timing="normal", sigma=1.0, speeds=None, seeds=[0, 1, 2], step_sizes=[0.5, 0.25, 0.125],
                    methods=["random"], iterations=40, evals=4)
 problem = asgrad.load_problem(s)
 args = (jnp.asarray(s["step_sizes"], jnp.float32), jnp.asarray(s["seeds"], jnp.int32))
@@ -236,8 +236,9 @@ print(json.dumps({{"devices": jax.device_count(), "split_over": devices,
 
 
 def test_seeds_split_over_devices_compute_the_same_runs():
-    """With several devices (python -m experiments: one per CPU core) the seeds run split over them, 3 seeds on 2
-    devices padded to 4 and the padding dropped: the same traces and ||grad F|| as the one-device vmapped layout."""
+    """With several devices (python -m experiments: one per CPU core) the runs are split over them: of 3 seeds on 2
+    devices, seeds 0 and 1 whole (one per device) and seed 2's 3 step sizes padded to 4 and split 2 + 2, the
+    padding dropped: the same traces and ||grad F|| as the one-device vmapped layout."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     proc = subprocess.run([sys.executable, "-c", _TWO_DEVICES.format(root=root)], cwd=root, capture_output=True,
                           text=True, timeout=600)
@@ -247,7 +248,7 @@ def test_seeds_split_over_devices_compute_the_same_runs():
     split, vm = out["split"], out["vmapped"]
     np.testing.assert_allclose(split[0], vm[0], rtol=1e-6)
     np.testing.assert_allclose(split[1], vm[1], rtol=1e-5)
-    assert np.asarray(split[1]).shape == (3, 2, 4)
+    assert np.asarray(split[1]).shape == (3, 3, 4)
     np.testing.assert_allclose(split[2], vm[2], rtol=1e-6)                 # simulated times
     for a, b in zip([split[3], *split[4]], [vm[3], *vm[4]]):               # versions, workers, delays: exact
         np.testing.assert_array_equal(a, b)
