@@ -205,7 +205,8 @@ class DecentralizedState(NamedTuple):
         events: the clock, jobs and next worker (:class:`asgd_jax.events.EventState`);
             ``version`` counts gradient steps (AD-PSGD) or rounds (D-PSGD).
         grads: in-flight gradients (AD-PSGD: one per pool slot) or the round's
-            gradients (D-PSGD: one per worker), leading axis ``n``.
+            gradients (D-PSGD: one per worker; after a round's last call, that
+            round's update, overwritten row by row in the next round), leading axis ``n``.
         inner_state: every worker's optimizer state (leading axis ``n``).
         exchanges: int32 ``[n]``, averagings each worker started (AD-PSGD).
         peers: int32 ``[n, L]`` peer lists (AD-PSGD) or float32 ``[n, n]`` mixing matrix (D-PSGD).
@@ -396,8 +397,13 @@ def dpsgd(inner: optax.GradientTransformation, workers: int, *, mixing="ring", t
             return jax.tree.map(lambda m, u, x: m + u - x, mixed, step, params), new_inner
 
         # A cond: the mixing (n^2 models' worth of multiply-adds) and the n steps run once per round, not per call.
-        out, inner_state = jax.lax.cond(barrier, round_end, lambda g, s, x: (jax.tree.map(jnp.zeros_like, x), s),
-                                        grads, state.inner_state, params)
+        # Its result takes the gradient table's buffer (the next round writes every row before reading one), and
+        # between rounds the table passes through untouched: no n-model buffer of zeros is written per call, and
+        # the select below fuses into the caller's apply_updates (nograd cost per call 0.39 -> 0.15-0.18 ms,
+        # 16 LeNet-5 models, 2-core AMD EPYC).
+        grads, inner_state = jax.lax.cond(barrier, round_end, lambda g, s, x: (g, s), grads, state.inner_state,
+                                          params)
+        out = jax.tree.map(lambda b: jnp.where(barrier, b, jnp.zeros_like(b)), grads)
         done, link = jnp.max(finish), state.link
         if link is not None:
             t = network_lib.peer_message_time(link.network, ids[:, None], ids[None, :])
