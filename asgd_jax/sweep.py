@@ -202,7 +202,7 @@ class Group:
         return hparam_names(self.train_config)
 
 
-def group_configs(configs: Sequence[Mapping[str, Any]], *, eval_batch_size: int = 1000) -> list[Group]:
+def group_configs(configs: Sequence[Mapping[str, Any]], *, eval_batch_size: int | str = "auto") -> list[Group]:
     """Groups normalized configs by their static fields (first-seen order).
 
     A group's ``max_delay`` is the largest delay among its configs. Asynchronous

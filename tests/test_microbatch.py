@@ -15,7 +15,7 @@ import pytest
 from asgd_jax import LeNet5
 from asgd_jax.data import make_dataset
 from asgd_jax.microbatch import microbatched_value_and_grad
-from asgd_jax.train import TrainConfig, Trainer, make_train, microbatch_size
+from asgd_jax.train import TrainConfig, Trainer, eval_chunk_size, make_train, microbatch_size
 
 
 def _mse(w, x, y):
@@ -99,3 +99,30 @@ def test_training_with_micro_batches_keeps_the_maths():
         assert Trainer(cfg, ds).microbatch == (mb or None)
     chex.assert_trees_all_close(out[20]["train_loss"], out[0]["train_loss"], rtol=1e-4)
     chex.assert_trees_all_close(out[20]["test_accuracy"], out[0]["test_accuracy"], atol=1 / 32 + 1e-6)
+
+
+def test_eval_chunk_size_rule():
+    assert eval_chunk_size(TrainConfig(), 10_000, "cpu") == 100  # LeNet-5 on XLA:CPU
+    assert eval_chunk_size(TrainConfig(), 10_000, "gpu") == 1000
+    assert eval_chunk_size(TrainConfig(model="mlp"), 10_000, "cpu") == 1000
+    assert eval_chunk_size(TrainConfig(), 64, "cpu") == 64  # never more than the test set
+    assert eval_chunk_size(TrainConfig(eval_batch_size=24), 10_000, "gpu") == 24
+    with pytest.raises(ValueError, match="eval_batch_size must be a positive integer or .auto."):
+        TrainConfig(eval_batch_size="big").validate()
+
+
+def test_lenet_evaluation_in_chunks_matches_numpy():
+    """LeNet-5's test metrics in the CPU default chunks of 100 (250 images: 3 chunks, the last padded by 50)
+    against NumPy on the logits of the whole test set at once."""
+    x = np.random.default_rng(1).integers(0, 256, (300, 28, 28), dtype=np.uint8)
+    y = np.random.default_rng(2).integers(0, 10, 300)
+    ds = make_dataset(x[:50], y[:50], x[50:], y[50:], name="chunks")
+    trainer = Trainer(TrainConfig(batch_size=25, epochs=1), ds)
+    assert trainer.eval_chunk == (100 if jax.default_backend() == "cpu" else 250)
+    params = trainer.model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))["params"]
+    ev = jax.jit(trainer.evaluate)(trainer.data, params)
+    logits = np.asarray(trainer.model.apply({"params": params}, trainer.data[2]), np.float64)
+    z = logits - logits.max(1, keepdims=True)
+    nll = -(z[np.arange(250), y[50:]] - np.log(np.exp(z).sum(1)))
+    np.testing.assert_allclose(float(ev["test_accuracy"]), np.mean(logits.argmax(1) == y[50:]), atol=1e-9)
+    np.testing.assert_allclose(float(ev["test_loss"]), nll.mean(), rtol=1e-5)
