@@ -41,6 +41,8 @@ def test_tiny_benchmark_writes_summary(tmp_path, capsys):
     (row,) = info["summary"]
     eng = next(r["config_samples_per_s"] for r in info["rows"] if r.get("engine"))
     assert row["engine_fraction_of_peak"] == eng * info["lenet5_flops_per_sample"] / info["matmul_peak_flops"]
+    assert len(info["matmul_peak_measurements"]) == 2  # before the batch size's rows and after: the highest
+    assert info["matmul_peak_flops"] == max(info["matmul_peak_measurements"])
     assert row["ratio_engine_to_torch"] is None  # no --torch
     assert "memory" not in info  # the memory table runs with --only memory and in the default run, not here
     assert info["asgrad"]["ratio"] > 0  # the asgrad comparison runs with --only throughput too
