@@ -95,17 +95,22 @@ def memory_table(dataset, batch_sizes, sizes: tuple[int, int] = (1, 8)) -> dict:
     """The ``"memory"`` entry of benchmark.json: a row per batch size (see :func:`memory_row`).
 
     Each row measures the program this backend runs by default (``microbatch="auto"``: on a CPU, LeNet-5
-    batches of 128 or more take micro-batches of 32). A GPU takes the whole batch, so where the two differ
-    the GPU column comes from the whole-batch program (``row["whole_batch"]``), compiled here too.
+    batches of 128 or more take micro-batches of 32; ``eval_batch_size="auto"``: on a CPU, LeNet-5's test
+    set in chunks of 100). A GPU takes the whole batch and chunks of 1 000, so where the two differ the GPU
+    column comes from the program with a GPU's defaults (``row["whole_batch"]``), compiled here too.
     """
     from asgd_jax import TrainConfig, Trainer
+    from asgd_jax.train import eval_chunk_size
 
     rows = []
     for b in batch_sizes:
         config = TrainConfig(batch_size=b, epochs=2, max_delay=8)
-        row = memory_row(Trainer(config, dataset), sizes)
-        if row["microbatch"]:
-            whole = memory_row(Trainer(dataclasses.replace(config, microbatch=0), dataset), sizes, MACHINES[1:])
+        trainer = Trainer(config, dataset)
+        row = memory_row(trainer, sizes)
+        gpu_chunk = eval_chunk_size(config, trainer.num_test, "gpu")
+        gpu = dataclasses.replace(config, microbatch=0, eval_batch_size=gpu_chunk)
+        if row["microbatch"] or row["eval_chunk"] != gpu.eval_batch_size:
+            whole = memory_row(Trainer(gpu, dataset), sizes, MACHINES[1:])
             row["fits"].update(whole["fits"])
             row["whole_batch"] = {k: whole[k] for k in ("estimate_bytes_per_config", "measured_bytes_per_config",
                                                         "estimate_over_measured", "measured_shared_bytes",
@@ -139,7 +144,7 @@ def print_table(memory: dict) -> None:
                           if m in fits else f"{'':>26}" for m in machines))
 
     for r in memory["rows"]:
-        if "whole_batch" in r:  # the CPU's micro-batched program, then the whole batch a GPU runs
+        if "whole_batch" in r:  # the CPU's program, then the GPU's (whole batch, evaluation chunks of 1 000)
             line(r["batch_size"], r["microbatch"], r, {machines[0]: r["fits"][machines[0]]})
             line(r["batch_size"], None, r["whole_batch"], {m: r["fits"][m] for m in machines[1:]})
         else:
